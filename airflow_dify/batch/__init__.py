@@ -1,0 +1,1 @@
+"""Airflow-free batch engine: rows in -> concurrent Dify calls under the pool -> outcomes out."""

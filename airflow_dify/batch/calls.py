@@ -1,0 +1,92 @@
+"""One row -> one Dify call -> one RowOutcome. Never raises: a failed call is a failed row."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from airflow_dify.batch.outcome import FAILED, SUCCEEDED, RowOutcome
+from airflow_dify.batch.rows import PromptBuilder, RowError, failed_outcome
+from airflow_dify.client.errors import DifyError
+from airflow_dify.client.models import DifyResult
+
+MAX_ERROR_CHARS = 1000
+
+
+class SupportsCall(Protocol):
+    def call(self, family: str, *, query: str | None, inputs: dict[str, Any], user: str) -> DifyResult: ...
+
+
+def outcome_from_result(row_id: Any, result: DifyResult) -> RowOutcome:
+    usage = result.usage
+    return RowOutcome(
+        row_id=row_id,
+        status=SUCCEEDED,
+        answer=result.answer,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        total_price=usage.total_price,
+        currency=usage.currency,
+        latency_ms=result.latency_ms,
+        message_id=result.message_id or result.workflow_run_id,
+        conversation_id=result.conversation_id,
+        answered_at=dt.datetime.now(dt.timezone.utc),
+        attempts=getattr(result, "attempts", 1) or 1,
+    )
+
+
+def outcome_from_error(row_id: Any, err: DifyError) -> RowOutcome:
+    message = str(err)
+    if err.maybe_billed:
+        message += " (the request may have run and been billed by Dify; not re-sent)"
+    partial: DifyResult | None = getattr(err, "result", None)
+    usage = partial.usage if partial is not None else None
+    return RowOutcome(
+        row_id=row_id,
+        status=FAILED,
+        answer=partial.answer if partial is not None else None,
+        error=message[:MAX_ERROR_CHARS],
+        error_code=err.code,
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+        total_tokens=usage.total_tokens if usage else None,
+        total_price=usage.total_price if usage else None,
+        currency=usage.currency if usage else None,
+        message_id=(partial.message_id or partial.workflow_run_id) if partial is not None else None,
+        answered_at=dt.datetime.now(dt.timezone.utc),
+        attempts=getattr(err, "attempts", 1) or 1,
+        maybe_billed=err.maybe_billed,
+    )
+
+
+def make_row_caller(
+    client: SupportsCall, builder: PromptBuilder, *, user: str
+) -> Callable[[Mapping[str, Any]], RowOutcome]:
+    family = builder.family
+
+    def call_row(row: Mapping[str, Any]) -> RowOutcome:
+        row_id = row[builder.id_column]
+        try:
+            prompt = builder.build(row)
+        except RowError as exc:
+            return failed_outcome(row_id, exc.code, str(exc))
+        try:
+            result = client.call(family, query=prompt.query, inputs=prompt.inputs, user=user)
+        except DifyError as err:
+            return outcome_from_error(row_id, err)
+        except Exception as exc:  # a bug must fail the row, not kill 999 other rows' results
+            return RowOutcome(
+                row_id=row_id,
+                status=FAILED,
+                error=f"internal_error: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS],
+                error_code="internal_error",
+                answered_at=dt.datetime.now(dt.timezone.utc),
+            )
+        return outcome_from_result(row_id, result)
+
+    return call_row
+
+
+__all__ = ["FAILED", "make_row_caller", "outcome_from_error", "outcome_from_result"]

@@ -1,0 +1,71 @@
+"""What the engine produces per row and what the SQL sink writes back."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, fields
+from decimal import Decimal
+from typing import Any
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ResultColumns:
+    """Names of the columns written back; every one can be renamed by the user."""
+
+    answer: str = "answer"
+    status: str = "status"
+    error: str = "error"
+    prompt_tokens: str = "prompt_tokens"
+    completion_tokens: str = "completion_tokens"
+    total_tokens: str = "total_tokens"
+    total_price: str = "total_price"
+    currency: str = "currency"
+    latency_ms: str = "latency_ms"
+    message_id: str = "message_id"
+    conversation_id: str = "conversation_id"
+    answered_at: str = "answered_at"
+    attempts: str = "attempts"
+
+    @classmethod
+    def with_overrides(cls, overrides: dict[str, str] | None) -> ResultColumns:
+        overrides = dict(overrides or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"result_columns: unknown key(s) {unknown}; known: {sorted(known)}")
+        return cls(**overrides)
+
+    def items(self) -> list[tuple[str, str]]:
+        """(logical field, column name) in a stable order."""
+        return [(f.name, getattr(self, f.name)) for f in fields(self)]
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    """The settled result of one row: written back as one UPDATE."""
+
+    row_id: Any
+    status: str  # SUCCEEDED | FAILED
+    answer: str | None = None
+    error: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    total_price: Decimal | None = None
+    currency: str | None = None
+    latency_ms: int | None = None
+    message_id: str | None = None
+    conversation_id: str | None = None
+    answered_at: dt.datetime | None = None  # timezone-aware UTC
+    attempts: int = 1
+    #: Dify error code for summaries ("too_many_requests", "invalid_param", ...); not a column.
+    error_code: str | None = None
+    #: True when the outcome is ambiguous: the request may have run and been billed.
+    maybe_billed: bool = False
+
+    def column_values(self) -> dict[str, Any]:
+        """Logical field -> value, for the fields that are columns (see ResultColumns)."""
+        return {name: getattr(self, name) for name, _ in ResultColumns().items()}

@@ -1,0 +1,166 @@
+"""Turn a table row into what is sent to Dify, or into a failed outcome when it cannot be sent."""
+
+from __future__ import annotations
+
+import datetime as dt
+import string
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_dify.batch.outcome import FAILED, RowOutcome
+
+DEFAULT_MAX_PROMPT_CHARS = 100_000
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A row ready to call: ``query`` (None for workflows) and ``inputs``."""
+
+    row_id: Any
+    query: str | None
+    inputs: dict[str, Any]
+
+
+class RowError(ValueError):
+    """The row cannot be sent; the message names the row and the column at fault."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+def _is_jinja(template: str) -> bool:
+    return "{{" in template or "{%" in template
+
+
+def _compile_template(template: str) -> Callable[[Mapping[str, Any]], str]:
+    """Jinja when the template uses ``{{ }}``, else ``str.format`` (both with the row's columns)."""
+    if _is_jinja(template):
+        import jinja2
+
+        compiled = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False).from_string(
+            template
+        )
+        return lambda row: compiled.render(**row)
+    return lambda row: template.format_map(row)
+
+
+def template_columns(template: str) -> list[str]:
+    """Columns a template reads, so the source selects only those."""
+    if _is_jinja(template):
+        import jinja2
+        from jinja2 import meta
+
+        ast = jinja2.Environment(autoescape=False).parse(template)
+        return sorted(meta.find_undeclared_variables(ast))
+    names = []
+    for _, field_name, _, _ in string.Formatter().parse(template):
+        if field_name:
+            names.append(field_name.split(".")[0].split("[")[0])
+    return list(dict.fromkeys(names))
+
+
+def _text(value: Any) -> Any:
+    # The SQL source returns undecodable bytes as a marker with a ``describe()`` method.
+    if hasattr(value, "describe") and callable(value.describe):
+        raise RowError("invalid_text", value.describe())
+    return value
+
+
+class PromptBuilder:
+    """Builds prompts for one batch; the same instance serves every row (template compiled once)."""
+
+    def __init__(
+        self,
+        *,
+        family: str,
+        id_column: str,
+        query_column: str | None = "prompt",
+        query_template: str | None = None,
+        input_columns: Mapping[str, str] | None = None,
+        max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
+    ) -> None:
+        self.family = family
+        self.id_column = id_column
+        self.query_column = None if query_template else query_column
+        self.query_template = query_template
+        self.input_columns = dict(input_columns or {})
+        self.max_prompt_chars = max_prompt_chars
+        self._template = _compile_template(query_template) if query_template else None
+        if family == "workflow" and not self.input_columns:
+            raise ValueError("a workflow app needs input_columns (Dify input variable -> column)")
+
+    @property
+    def read_columns(self) -> list[str]:
+        """Columns the SQL source must select (besides the id)."""
+        cols = list(self.input_columns.values())
+        if self.family != "workflow":
+            if self.query_template:
+                cols[:0] = template_columns(self.query_template)
+            elif self.query_column:
+                cols.insert(0, self.query_column)
+        return list(dict.fromkeys(cols))
+
+    def build(self, row: Mapping[str, Any]) -> Prompt:
+        row_id = row[self.id_column]
+        inputs: dict[str, Any] = {}
+        for var, col in self.input_columns.items():
+            value = _text(row.get(col))
+            if isinstance(value, (dt.date, dt.datetime)):
+                value = value.isoformat()
+            inputs[var] = value
+            if isinstance(value, str) and len(value) > self.max_prompt_chars:
+                raise RowError(
+                    "prompt_too_long",
+                    f"row {row_id!r}: column {col!r} has {len(value)} characters, over max_prompt_chars="
+                    f"{self.max_prompt_chars}",
+                )
+        query: str | None = None
+        if self.family != "workflow":
+            if self._template is not None:
+                try:
+                    query = self._template({k: _text(v) for k, v in row.items()})
+                except (KeyError, IndexError, ValueError) as exc:
+                    raise RowError(
+                        "template_error", f"row {row_id!r}: query_template failed: {exc}"
+                    ) from None
+                except Exception as exc:  # jinja2 UndefinedError and friends
+                    raise RowError(
+                        "template_error", f"row {row_id!r}: query_template failed: {exc}"
+                    ) from None
+                source = "query_template"
+            else:
+                query = _text(row.get(self.query_column))
+                source = f"column {self.query_column!r}"
+            if query is None or (isinstance(query, str) and not query.strip()):
+                if self.family == "chat":
+                    kind = "NULL" if query is None else "empty"
+                    raise RowError(
+                        "empty_prompt", f"row {row_id!r}: prompt ({source}) is {kind}; no call made"
+                    )
+                query = None if query is None else query
+            elif not isinstance(query, str):
+                query = str(query)
+            if query is not None and len(query) > self.max_prompt_chars:
+                raise RowError(
+                    "prompt_too_long",
+                    f"row {row_id!r}: prompt ({source}) has {len(query)} characters, over max_prompt_chars="
+                    f"{self.max_prompt_chars}; no call made",
+                )
+            if self.family == "completion" and query is None and not inputs:
+                raise RowError(
+                    "empty_prompt", f"row {row_id!r}: prompt ({source}) is empty and no inputs; no call made"
+                )
+        return Prompt(row_id=row_id, query=query, inputs=inputs)
+
+
+def failed_outcome(row_id: Any, code: str, message: str, *, attempts: int = 0) -> RowOutcome:
+    return RowOutcome(
+        row_id=row_id,
+        status=FAILED,
+        error=f"{code}: {message}"[:1000],
+        error_code=code,
+        attempts=attempts,
+        answered_at=dt.datetime.now(dt.timezone.utc),
+    )

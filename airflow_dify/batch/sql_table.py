@@ -1,0 +1,344 @@
+"""A SQL table as the batch's source of prompts and sink of results, over any DB-API connection.
+
+Airflow-free: the caller passes a connection factory (the operator passes ``hook.get_conn``) and
+the dialect. Rows are read in keyset-paged chunks (``ORDER BY id`` + ``id > last``) so the table is
+never held in memory and rows updated meanwhile are neither skipped nor read twice; results are
+written back per chunk in one transaction, with retries.
+
+Identifiers are validated and double-quoted at construction; values are always bound. The
+``where`` predicate is trusted SQL from the DAG author (never end-user input): it is AND-ed in
+parentheses and its ``where_parameters`` are bound in the driver's native style (sqlite ``?`` /
+``:name``; psycopg ``%s`` / ``%(name)s``, where a literal ``%`` must be written ``%%``).
+
+Selection: ``redo`` ``pending`` = status IS NULL, ``failed`` = NULL or 'failed', ``all`` = every
+row; a table without the status column yet counts every row as pending. ``shard=(index, count)``
+keeps rows whose integer id satisfies ``((id % count) + count) % count = index`` (a true modulo,
+so negative ids are sharded too); the shards of one ``count`` partition the table exactly.
+Non-integer ids cannot be sharded.
+
+Text: on SQLite, TEXT values that are not valid UTF-8 are returned as :class:`InvalidText`
+(``.raw`` bytes, ``.message``) instead of aborting the whole page, so the engine can fail just
+that row. Connections made by the SQLite factory get our ``text_factory`` for that reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from airflow_dify.batch.outcome import FAILED, ResultColumns, RowOutcome
+from airflow_dify.batch.sql_connection import SqlConnection, error_brief
+from airflow_dify.batch.sql_dialect import DIALECTS, InvalidText, Params, quote_identifier
+from airflow_dify.batch.sql_errors import SqlTableError, SqlWriteError
+
+__all__ = ["SqlTable", "SqlTableError", "SqlWriteError", "InvalidText", "REDO_MODES", "STATUS_KEY"]
+
+log = logging.getLogger(__name__)
+
+REDO_MODES = ("pending", "failed", "all")
+#: Key under which iter_chunks() puts each row's current status value.
+STATUS_KEY = "__status__"
+
+
+class SqlTable:
+    """Read rows to do from a table and write each row's outcome back by id.
+
+    :param connect: zero-argument DB-API connection factory (e.g. ``hook.get_conn``). One connection
+        is opened lazily, reused, and re-opened after a failure that broke it; SQLite connections
+        used from several threads must be made with ``check_same_thread=False``.
+    :param table: table name, optionally ``schema.table``; plain identifiers only.
+    :param dialect: ``sqlite``, ``postgres`` or ``generic`` (ANSI types, ``LIMIT``, driver paramstyle).
+    :param id_column: unique, non-NULL key used for paging and for the write-back ``WHERE``.
+    :param read_columns: columns handed to the engine with each row.
+    :param columns: names of the result columns written back.
+    :param write_retries: extra attempts for a failed chunk write before SqlWriteError.
+    :param write_backoff: seconds before the first retry; doubles each retry.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        table: str,
+        *,
+        dialect: str,
+        id_column: str = "id",
+        read_columns: Sequence[str] = ("prompt",),
+        columns: ResultColumns = ResultColumns(),  # noqa: B008 - frozen dataclass, safe default
+        write_retries: int = 3,
+        write_backoff: float = 0.5,
+    ) -> None:
+        if dialect not in DIALECTS:
+            raise SqlTableError(f"dialect: {dialect!r} is not one of {list(DIALECTS)}")
+        if isinstance(read_columns, str):
+            raise SqlTableError("read_columns: expected a sequence of column names, got a string")
+        if int(write_retries) < 0 or float(write_backoff) < 0:
+            raise SqlTableError("write_retries and write_backoff must be >= 0")
+        self.dialect_name = dialect
+        self.table = table
+        self.id_column = id_column
+        self.read_columns = list(dict.fromkeys(c for c in read_columns if c != id_column))
+        self.columns = columns
+        self.write_retries = int(write_retries)
+        self.write_backoff = float(write_backoff)
+        # Quote everything now: a bad name fails at construction, naming the setting.
+        self._q_table = quote_identifier(table, "table", qualified=True)
+        self._q_id = quote_identifier(id_column, "id_column")
+        self._q_read = [quote_identifier(c, f"read_columns[{i}]") for i, c in enumerate(self.read_columns)]
+        self._q_result = {f: quote_identifier(c, f"result_columns.{f}") for f, c in columns.items()}
+        names = [c for _, c in columns.items()]
+        dupes = sorted({c for c in names if names.count(c) > 1} | ({id_column} & set(names)))
+        if dupes:
+            raise SqlTableError(f"result_columns: names {dupes} are used twice or clash with id_column")
+        self._db = SqlConnection(connect, dialect)
+
+    def __repr__(self) -> str:
+        return f"SqlTable(table={self.table!r}, dialect={self.dialect_name!r}, id_column={self.id_column!r})"
+
+    def close(self) -> None:
+        """Close the connection; a later call opens a new one."""
+        self._db.discard()
+
+    def __enter__(self) -> SqlTable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def existing_columns(self) -> list[str]:
+        """Column names as the database reports them, via ``SELECT * ... WHERE 1=0`` (portable)."""
+        try:
+            return self._db.column_names(f"SELECT * FROM {self._q_table} WHERE 1=0")
+        except Exception as exc:
+            raise SqlTableError(
+                f"table: {self.table!r} does not exist or cannot be read ({error_brief(exc)})"
+            ) from exc
+
+    def _present(self, names: Sequence[str]) -> Callable[[str], bool]:
+        if self._db.dialect.names_case_insensitive:
+            lowered = {n.lower() for n in names}
+            return lambda c: c.lower() in lowered
+        exact = set(names)
+        return lambda c: c in exact
+
+    def validate(self) -> None:
+        """Raise SqlTableError if the table, the id column or a read column is missing."""
+        present = self._present(self.existing_columns())
+        missing = [("id_column", self.id_column)] if not present(self.id_column) else []
+        missing += [(f"read_columns[{i}]", c) for i, c in enumerate(self.read_columns) if not present(c)]
+        if missing:
+            listed = ", ".join(f"{setting}={name!r}" for setting, name in missing)
+            raise SqlTableError(f"table {self.table!r} has no column(s): {listed}")
+
+    def check_unique_ids(self) -> None:
+        """Raise SqlTableError if the id column has NULLs or duplicates.
+
+        Keyset paging would skip rows sharing an id across a page edge, and the write-back
+        ``WHERE id = ...`` would give every duplicate the same answer.
+        """
+        t, i = self._q_table, self._q_id
+        nulls = self._db.query(f"SELECT COUNT(*) FROM {t} WHERE {i} IS NULL")[0][0]
+        dupes, example = self._db.query(
+            f"SELECT COUNT(*), MIN(d.k) FROM (SELECT {i} AS k FROM {t} WHERE {i} IS NOT NULL "
+            f"GROUP BY {i} HAVING COUNT(*) > 1) d"
+        )[0]
+        if nulls or dupes:
+            problems = []
+            if nulls:
+                problems.append(f"{nulls} row(s) with NULL id")
+            if dupes:
+                problems.append(f"{dupes} id value(s) used by more than one row (e.g. {example!r})")
+            raise SqlTableError(
+                f"table {self.table!r}: id_column {self.id_column!r} must be unique and non-NULL; found "
+                + " and ".join(problems)
+            )
+
+    def ensure_result_columns(self) -> list[str]:
+        """Add the missing result columns (``ALTER TABLE ... ADD COLUMN``); return their names.
+
+        Safe when several tasks (shards) run it at once: a column another task added in the
+        meantime counts as present, not as an error.
+        """
+        added: list[str] = []
+        with self._db.lock:
+            present = self._present(self.existing_columns())
+            types = self._db.dialect.column_types
+            for fieldname, name in self.columns.items():
+                if present(name):
+                    continue
+                sql = f"ALTER TABLE {self._q_table} ADD COLUMN {self._q_result[fieldname]} {types[fieldname]}"
+                try:
+                    self._db.execute_commit(sql)
+                    added.append(name)
+                except Exception as exc:
+                    if not self._present(self.existing_columns())(name):
+                        raise SqlTableError(
+                            f"table {self.table!r}: cannot add result column {name!r} ({error_brief(exc)})"
+                        ) from exc
+        if added:
+            log.info("table %s: added result columns %s", self.table, added)
+        return added
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _filter(
+        self, params: Params, redo: str, where: str | None, shard: tuple[int, int] | None, has_status: bool
+    ) -> list[str]:
+        """WHERE terms, adding their parameters to ``params`` in text order."""
+        if redo not in REDO_MODES:
+            raise ValueError(f"redo: {redo!r} is not one of {list(REDO_MODES)}")
+        terms: list[str] = []
+        status = self._q_result["status"]
+        # Without a status column no row has been processed yet: every row is to do.
+        if has_status and redo == "pending":
+            terms.append(f"{status} IS NULL")
+        elif has_status and redo == "failed":
+            terms.append(f"({status} IS NULL OR {status} = {params.add(FAILED)})")
+        if where is not None:
+            if not isinstance(where, str) or not where.strip():
+                raise SqlTableError("where: expected a non-empty SQL predicate string")
+            terms.append(f"({where})")
+            params.add_user()
+        if shard is not None:
+            index, count = _check_shard(shard)
+            # ((id % n) + n) % n is a true modulo for negative ids too (% truncates on both engines).
+            m, i = self._db.dialect.modulo, self._q_id
+            n1 = params.add(count)  # placeholders are added in the order they appear in the text
+            n2 = params.add(count)
+            n3 = params.add(count)
+            terms.append(f"(({i} {m} {n1}) + {n2}) {m} {n3} = {params.add(index)}")
+        return terms
+
+    def _has_status(self) -> bool:
+        return self._present(self.existing_columns())(self.columns.status)
+
+    def count_todo(
+        self,
+        redo: str = "failed",
+        where: str | None = None,
+        where_parameters: Any = None,
+        shard: tuple[int, int] | None = None,
+    ) -> int:
+        """Number of rows iter_chunks() would yield with the same arguments."""
+        with self._db.lock:
+            params = Params(self._db.dialect, where_parameters)
+            terms = self._filter(params, redo, where, shard, self._has_status())
+            sql = f"SELECT COUNT(*) FROM {self._q_table}" + (" WHERE " + " AND ".join(terms) if terms else "")
+            return int(self._db.query(sql, params.values)[0][0])
+
+    def iter_chunks(
+        self,
+        chunk_size: int,
+        redo: str = "failed",
+        where: str | None = None,
+        where_parameters: Any = None,
+        shard: tuple[int, int] | None = None,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Yield lists of at most ``chunk_size`` row dicts, in id order, each row exactly once.
+
+        Each dict holds the id column, the read columns and the row's current status under
+        ``"__status__"``. Rows already yielded are never revisited even when their status changes
+        (paging is by ``id > last id``), so results may be written between chunks. Read columns
+        holding non-UTF-8 text on SQLite come back as :class:`InvalidText`.
+        """
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
+        with self._db.lock:
+            has_status = self._has_status()
+            # Check the arguments now, not at the first next(): bad settings fail at the call.
+            self._filter(Params(self._db.dialect, where_parameters), redo, where, shard, has_status)
+        return self._pages(chunk_size, redo, where, where_parameters, shard, has_status)
+
+    def _pages(
+        self, chunk_size: int, redo: str, where: Any, where_parameters: Any, shard: Any, has_status: bool
+    ) -> Iterator[list[dict[str, Any]]]:
+        status_expr = self._q_result["status"] if has_status else "NULL"
+        select = ", ".join([self._q_id, *self._q_read, status_expr])
+        keys = [self.id_column, *self.read_columns, STATUS_KEY]
+        last: Any = None
+        for _page in range(10**12):  # bounded: each page advances the id strictly
+            with self._db.lock:
+                params = Params(self._db.dialect, where_parameters)
+                terms = self._filter(params, redo, where, shard, has_status)
+                if last is not None:
+                    terms.append(f"{self._q_id} > {params.add(last)}")
+                sql = (
+                    f"SELECT {select} FROM {self._q_table}"
+                    + (" WHERE " + " AND ".join(terms) if terms else "")
+                    + f" ORDER BY {self._q_id} LIMIT {params.add(chunk_size)}"
+                )
+                rows = self._db.query(sql, params.values)
+            if not rows:
+                return
+            yield [dict(zip(keys, row, strict=True)) for row in rows]
+            if len(rows) < chunk_size:
+                return
+            last = rows[-1][0]
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def write_results(self, outcomes: Sequence[RowOutcome]) -> None:
+        """Write one chunk of outcomes in one transaction; retry, then raise SqlWriteError.
+
+        Either every row of the chunk is updated or none is. Ids missing from the table update
+        nothing (logged as a warning).
+        """
+        if not outcomes:
+            return
+        fields = [f for f, _ in self.columns.items()]
+        first_id = outcomes[0].row_id
+        attempts = 1 + self.write_retries
+        for attempt in range(1, attempts + 1):
+            with self._db.lock:
+                try:
+                    dialect = self._db.dialect
+                    params = Params(dialect, None)
+                    sets = ", ".join(f"{self._q_result[f]} = {params.add(None)}" for f in fields)
+                    sql = f"UPDATE {self._q_table} SET {sets} WHERE {self._q_id} = {params.add(None)}"
+                    rows = [
+                        [dialect.adapt(f, v) for f, v in o.column_values().items()] + [o.row_id]
+                        for o in outcomes
+                    ]
+                    updated = self._db.executemany_commit(sql, rows)
+                except Exception as exc:
+                    brief = error_brief(exc)
+                    if attempt == attempts:
+                        raise SqlWriteError(
+                            f"writing {len(outcomes)} result row(s) to table {self.table!r} failed after "
+                            f"{attempts} attempt(s) (chunk starting at id {first_id!r}): {brief}"
+                        ) from exc
+                    delay = self.write_backoff * 2 ** (attempt - 1)
+                    log.warning(
+                        "table %s: write attempt %d/%d (chunk starting at id %r) failed: %s; retry in %.2fs",
+                        self.table,
+                        attempt,
+                        attempts,
+                        first_id,
+                        brief,
+                        delay,
+                    )
+                else:
+                    if 0 <= updated < len(outcomes):
+                        log.warning(
+                            "table %s: %d of %d result rows matched no id (chunk starting at id %r)",
+                            self.table,
+                            len(outcomes) - updated,
+                            len(outcomes),
+                            first_id,
+                        )
+                    return
+            time.sleep(delay)
+
+
+def _check_shard(shard: Any) -> tuple[int, int]:
+    try:
+        index, count = shard
+    except (TypeError, ValueError):
+        raise ValueError(f"shard: expected (index, count), got {shard!r}") from None
+    ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (index, count))
+    if not ok or count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard: expected integers with 0 <= index < count, got {shard!r}")
+    return index, count

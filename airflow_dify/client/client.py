@@ -1,0 +1,408 @@
+"""DifyClient: the Airflow-free entry point for calling one Dify app.
+
+Every generation attempt takes one permit from the rate-limit pool, is sent once, and settles
+the tokens it really used; retries (tenacity) take new permits, so they spend from the same
+budget. Workflow runs that Dify reports as failed, and broken streams, never silently re-run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import requests
+import urllib3.exceptions
+
+from airflow_dify import __version__
+from airflow_dify.client.auth import ApiKeyAuth, DifyAuth
+from airflow_dify.client.errors import (
+    DifyConfigError,
+    DifyError,
+    DifyRateLimitError,
+    DifyRunFailedError,
+    DifyStreamError,
+)
+from airflow_dify.client.models import MODE_FAMILY, STREAMING_ONLY_MODES, AppInfo, DifyResult
+from airflow_dify.client.responses import CallContext, json_body
+from airflow_dify.client.retry import RetryPolicy, call_with_retries
+from airflow_dify.client.streaming import MessageAggregator, WorkflowAggregator, iter_events
+from airflow_dify.client.transport import Transport
+from airflow_dify.limits.base import RateLimitPool, UnlimitedPool
+
+log = logging.getLogger("airflow_dify.client")
+
+_TRACE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_RESPONSE_MODES = ("blocking", "streaming")
+_STREAM_FAILURES = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+)
+
+
+class DifyClient:
+    """Calls one Dify app's service API (chat, completion, workflow, info).
+
+    :param base_url: the API base URL including ``/v1`` (e.g. ``https://api.dify.ai/v1``).
+    :param auth: an :class:`ApiKeyAuth`, :class:`OAuth2ClientCredentials`, or the app key as a string.
+    :param timeout: seconds, or (connect, read); blocking workflows can take minutes.
+    :param verify_ssl: verify TLS certificates (only disable for a trusted internal host).
+    :param pool_size: pooled connections kept per host; set it to at least the batch concurrency.
+    :param retry: the :class:`RetryPolicy` (default: 5 attempts within 300 s).
+    :param pool: the shared rate-limit pool; one permit per generation attempt.
+    :param completion_token_estimate: tokens reserved per call before the real usage is known.
+    :param stream_recovery_polls: after a workflow stream breaks, how many times to look the run up
+        while it is still ``running`` (bounded; never re-runs it).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        auth: DifyAuth | str,
+        *,
+        timeout: float | tuple[float, float] = (10.0, 300.0),
+        verify_ssl: bool = True,
+        pool_size: int = 16,
+        retry: RetryPolicy | None = None,
+        pool: RateLimitPool | None = None,
+        completion_token_estimate: int = 256,
+        user_agent: str | None = None,
+        stream_recovery_polls: int = 5,
+        stream_recovery_interval: float = 2.0,
+    ) -> None:
+        self.auth: DifyAuth = ApiKeyAuth(auth) if isinstance(auth, str) or auth is None else auth
+        self._transport = Transport(
+            base_url,
+            self.auth,
+            timeout=timeout,
+            verify_ssl=verify_ssl,
+            pool_size=pool_size,
+            user_agent=user_agent or f"airflow-provider-dify/{__version__}",
+        )
+        self.base_url = self._transport.base_url
+        self.retry = retry or RetryPolicy()
+        self.pool: RateLimitPool = pool or UnlimitedPool()
+        self.completion_token_estimate = int(completion_token_estimate)
+        self.stream_recovery_polls = max(1, int(stream_recovery_polls))
+        self.stream_recovery_interval = float(stream_recovery_interval)
+        self._contexts: dict[str, CallContext] = {}
+
+    # -- generation ------------------------------------------------------------------------------
+    def chat(
+        self,
+        query: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        user: str,
+        conversation_id: str | None = None,
+        response_mode: str = "blocking",
+        trace_id: str | None = None,
+    ) -> DifyResult:
+        """POST /chat-messages (chat, advanced-chat; agent apps need ``response_mode="streaming"``)."""
+        body: dict[str, Any] = {
+            "query": query,
+            "inputs": inputs or {},
+            "user": _user(user),
+            "response_mode": _mode(response_mode),
+            # Naming each new conversation can cost an extra LLM call: useless for bulk runs.
+            "auto_generate_name": False,
+        }
+        if conversation_id:
+            body["conversation_id"] = conversation_id
+        return self._generate("chat", "/chat-messages", body, trace_id)
+
+    def complete(
+        self,
+        inputs: dict[str, Any] | None = None,
+        *,
+        user: str,
+        query: str | None = None,
+        response_mode: str = "blocking",
+        trace_id: str | None = None,
+    ) -> DifyResult:
+        """POST /completion-messages (text generator apps)."""
+        body: dict[str, Any] = {
+            "inputs": inputs or {},
+            "user": _user(user),
+            "response_mode": _mode(response_mode),
+        }
+        if query is not None:
+            body["query"] = query
+        return self._generate("completion", "/completion-messages", body, trace_id)
+
+    def run_workflow(
+        self,
+        inputs: dict[str, Any] | None = None,
+        *,
+        user: str,
+        workflow_id: str | None = None,
+        response_mode: str = "blocking",
+        trace_id: str | None = None,
+    ) -> DifyResult:
+        """POST /workflows/run (or /workflows/{id}/run); a status other than succeeded raises."""
+        body = {"inputs": inputs or {}, "user": _user(user), "response_mode": _mode(response_mode)}
+        path = f"/workflows/{quote(workflow_id, safe='')}/run" if workflow_id else "/workflows/run"
+        return self._generate("workflow", path, body, trace_id)
+
+    def call(
+        self,
+        family: str,
+        *,
+        query: str | None = None,
+        inputs: dict[str, Any] | None = None,
+        user: str,
+        response_mode: str | None = None,
+        conversation_id: str | None = None,
+        workflow_id: str | None = None,
+        trace_id: str | None = None,
+    ) -> DifyResult:
+        """Dispatch by family ("chat" | "completion" | "workflow") or by Dify app mode.
+
+        Streaming-only modes (agent-chat, agent) default to streaming.
+        """
+        fam = MODE_FAMILY.get(family)
+        if fam is None:
+            raise DifyConfigError(f"unknown app mode {family!r}; expected one of {sorted(MODE_FAMILY)}")
+        mode = response_mode or ("streaming" if family in STREAMING_ONLY_MODES else "blocking")
+        if fam == "chat":
+            body: dict[str, Any] = {
+                "query": query if query is not None else "",
+                "inputs": inputs or {},
+                "user": _user(user),
+                "response_mode": _mode(mode),
+                "auto_generate_name": False,
+            }
+            if conversation_id:
+                body["conversation_id"] = conversation_id
+            return self._generate("chat", "/chat-messages", body, trace_id, agent=family == "agent")
+        if fam == "completion":
+            return self.complete(inputs, user=user, query=query, response_mode=mode, trace_id=trace_id)
+        return self.run_workflow(
+            inputs, user=user, workflow_id=workflow_id, response_mode=mode, trace_id=trace_id
+        )
+
+    # -- lookups (idempotent GETs: retried, but not drawn from the generation pool) -------------
+    def info(self) -> AppInfo:
+        """GET /info: the cheapest authenticated probe; tells the app's mode."""
+        body = self._get("/info")
+        tags = body.get("tags") or ()
+        return AppInfo(
+            name=str(body.get("name") or ""),
+            mode=str(body.get("mode") or ""),
+            description=body.get("description"),
+            author_name=body.get("author_name"),
+            tags=tuple(str(t) for t in tags) if isinstance(tags, (list, tuple)) else (),
+        )
+
+    def parameters(self) -> dict[str, Any]:
+        """GET /parameters: the app's input form (variable names, required flags)."""
+        return self._get("/parameters")
+
+    def get_workflow_run(self, run_id: str) -> DifyResult:
+        """GET /workflows/run/{id}; returned as-is (check ``.status``: it may be running or failed)."""
+        return DifyResult.from_workflow(self._run_body(run_id))
+
+    def _run_body(self, run_id: str) -> dict[str, Any]:
+        """The run record in the blocking-response shape ``{workflow_run_id, data}``."""
+        if not run_id or not isinstance(run_id, str):
+            raise DifyConfigError("get_workflow_run needs a workflow run id")
+        ctx = self._ctx("workflows/run/{id}", hint_base_url_on_404=False)
+        data = dict(self._get(f"/workflows/run/{quote(run_id, safe='')}", ctx))
+        for key in ("outputs", "inputs"):
+            if isinstance(data.get(key), str):  # Dify sends these as JSON strings here
+                with contextlib.suppress(ValueError):
+                    data[key] = json.loads(data[key])
+        return {"workflow_run_id": data.get("id") or run_id, "data": data}
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _ctx(self, endpoint: str, *, hint_base_url_on_404: bool = True) -> CallContext:
+        ctx = self._contexts.get(endpoint)
+        if ctx is None:
+            ctx = CallContext(self.base_url, endpoint, self.auth.kind, hint_base_url_on_404)
+            self._contexts[endpoint] = ctx
+        return ctx
+
+    def _get(self, path: str, ctx: CallContext | None = None) -> dict[str, Any]:
+        ctx = ctx or self._ctx(path.lstrip("/"))
+        return call_with_retries(
+            self.retry, ctx.endpoint, lambda: json_body(self._transport.send("GET", path, ctx), ctx)
+        )
+
+    def _generate(
+        self, family: str, path: str, body: dict[str, Any], trace_id: str | None, *, agent: bool = False
+    ) -> DifyResult:
+        ctx = self._ctx(path.lstrip("/"))
+        headers = _trace_headers(trace_id)
+        streaming = body["response_mode"] == "streaming"
+        estimate = self.completion_token_estimate
+
+        def attempt() -> DifyResult:
+            permit = self.pool.acquire(estimate)
+            used: int | None = estimate
+            try:
+                started = time.perf_counter()
+                if streaming:
+                    result = self._stream_attempt(family, path, body, headers, ctx, started, agent)
+                else:
+                    resp = self._transport.send("POST", path, ctx, body=body, headers=headers)
+                    data = json_body(resp, ctx)
+                    result = _parse(family, data, _ms(started))
+                total = result.usage.total_tokens
+                used = total if total is not None else estimate
+                return result
+            except DifyError as err:
+                used = self._charge_for(err)
+                if isinstance(err, DifyRateLimitError):
+                    self.pool.throttled()  # the whole pool slows down, not just this thread
+                raise
+            finally:
+                permit.settle(used)
+
+        return call_with_retries(self.retry, ctx.endpoint, attempt)
+
+    def _charge_for(self, err: DifyError) -> int:
+        """Tokens to settle for a failed attempt: what ran, the estimate if unknown, 0 if rejected."""
+        result = err.result
+        if result is not None and result.usage.total_tokens is not None:
+            return result.usage.total_tokens
+        if err.maybe_billed or (err.status or 0) >= 500:
+            return self.completion_token_estimate
+        return 0
+
+    def _stream_attempt(
+        self,
+        family: str,
+        path: str,
+        body: dict[str, Any],
+        headers: dict[str, str] | None,
+        ctx: CallContext,
+        started: float,
+        agent: bool,
+    ) -> DifyResult:
+        resp = self._transport.send("POST", path, ctx, body=body, headers=headers, stream=True)
+        agg: MessageAggregator | WorkflowAggregator
+        agg = WorkflowAggregator(ctx) if family == "workflow" else MessageAggregator(family, ctx, agent=agent)
+        try:
+            if "text/event-stream" not in resp.headers.get("Content-Type", ""):
+                return _parse(family, json_body(resp, ctx), _ms(started))  # a gateway answered blocking
+            try:
+                for event in iter_events(_chunks(resp)):
+                    if agg.feed(event):
+                        break
+            except _STREAM_FAILURES as exc:
+                raise agg.broken(type(exc).__name__) from None
+            if isinstance(agg, MessageAggregator):
+                return agg.result(_ms(started))
+            return _parse("workflow", agg.body(), _ms(started))
+        except DifyStreamError as err:
+            run_id = err.workflow_run_id or getattr(agg, "workflow_run_id", None)
+            if family != "workflow" or not run_id:
+                raise
+            return self._recover_run(run_id, err, ctx, started)
+        finally:
+            resp.close()
+
+    def _recover_run(
+        self, run_id: str, cause: DifyStreamError, ctx: CallContext, started: float
+    ) -> DifyResult:
+        """The stream broke after the run started: look it up instead of paying for a second run."""
+        log.warning(
+            "%s (%s); looking up run %s instead of re-running it", ctx.endpoint, cause.message, run_id
+        )
+        status = "running"
+        for poll in range(self.stream_recovery_polls):
+            if poll:
+                time.sleep(self.stream_recovery_interval)
+            try:
+                body = self._run_body(run_id)
+            except DifyError as err:
+                raise _unrecoverable(cause, run_id, f"looking it up failed: {err}") from None
+            status = (body.get("data") or {}).get("status") or "running"
+            if status != "running":
+                return _parse("workflow", body, _ms(started))
+        raise _unrecoverable(cause, run_id, f"still '{status}' after {self.stream_recovery_polls} look-ups")
+
+    def close(self) -> None:
+        self._transport.close()
+        closer = getattr(self.auth, "close", None)
+        if callable(closer):
+            closer()
+
+    def __enter__(self) -> DifyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DifyClient(base_url={self.base_url!r}, auth={self.auth!r})"
+
+
+def _parse(family: str, data: dict[str, Any], latency_ms: int) -> DifyResult:
+    if family != "workflow":
+        return DifyResult.from_message(data, mode=family, latency_ms=latency_ms)
+    result = DifyResult.from_workflow(data, latency_ms=latency_ms)
+    if result.status != "succeeded":
+        error = (data.get("data") or {}).get("error")
+        err = DifyRunFailedError(
+            str(error) if error else f"workflow run ended with status '{result.status}'",
+            code=f"workflow_{result.status}",
+        )
+        err.result = result
+        err.workflow_run_id = result.workflow_run_id
+        raise err
+    return result
+
+
+def _unrecoverable(cause: DifyStreamError, run_id: str, why: str) -> DifyStreamError:
+    err = DifyStreamError(
+        f"{cause.message}; run {run_id} {why}; not re-sent to avoid paying twice", retryable=False
+    )
+    err.workflow_run_id = run_id
+    return err
+
+
+def _chunks(resp: requests.Response) -> Iterator[bytes]:
+    """Bytes as they arrive (read1), so events are handled live, not after 8 KiB accumulate."""
+    raw = resp.raw
+    read1 = getattr(raw, "read1", None)
+    if read1 is None:  # pragma: no cover - urllib3 < 2
+        yield from resp.iter_content(8192)
+        return
+    while True:
+        chunk = read1(65536, decode_content=True)
+        if not chunk:
+            return
+        yield chunk
+
+
+def _ms(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)
+
+
+def _user(user: str) -> str:
+    if not isinstance(user, str) or not user.strip():
+        raise DifyConfigError("user is required: pass a stable end-user id, e.g. 'airflow-<dag_id>'")
+    return user
+
+
+def _mode(response_mode: str) -> str:
+    if response_mode not in _RESPONSE_MODES:
+        raise DifyConfigError(f"response_mode must be 'blocking' or 'streaming' (got {response_mode!r})")
+    return response_mode
+
+
+def _trace_headers(trace_id: str | None) -> dict[str, str] | None:
+    if trace_id is None:
+        return None
+    if not _TRACE_ID_RE.match(trace_id):
+        raise DifyConfigError("trace_id must be 1-128 characters of letters, digits, '_' or '-'")
+    return {"X-Trace-Id": trace_id}

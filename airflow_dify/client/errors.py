@@ -1,0 +1,141 @@
+"""One exception hierarchy for everything the Dify client can raise.
+
+Every error carries the HTTP status (None for network faults), Dify's ``code``, a message that is
+safe to log (never a secret), whether a retry can help, and whether the server may already have
+run (and billed) the request. The batch engine turns these into a row's ``status``/``error``.
+"""
+
+from __future__ import annotations
+
+
+class DifyError(Exception):
+    """Base class. ``str(err)`` is short and secret-free: ``"<status> <code>: <message>"``."""
+
+    retryable: bool = False
+    #: True when the request may have reached Dify and run (timeouts, 504 after send):
+    #: re-sending it could pay twice.
+    maybe_billed: bool = False
+    #: Attempts made before this error was raised (set by the client's retry loop).
+    attempts: int = 1
+    #: The partial result, when Dify answered but the run did not succeed (workflow status).
+    result = None
+    #: Known workflow run id (a broken stream after ``workflow_started``): look it up, do not re-run.
+    workflow_run_id: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+        retryable: bool | None = None,
+        maybe_billed: bool | None = None,
+    ) -> None:
+        self.message = message
+        self.status = status
+        self.code = code or self.default_code
+        self.retry_after = retry_after
+        if retryable is not None:
+            self.retryable = retryable
+        if maybe_billed is not None:
+            self.maybe_billed = maybe_billed
+        super().__init__(self.summary())
+
+    default_code = "error"
+
+    def summary(self) -> str:
+        head = f"{self.status} {self.code}" if self.status else self.code
+        return f"{head}: {self.message}"
+
+
+class DifyConfigError(DifyError, ValueError):
+    """Bad settings detected before any call (connection extras, key format, base URL)."""
+
+    default_code = "config_error"
+
+
+class DifyAPIError(DifyError):
+    """Dify answered with an error status."""
+
+    default_code = "api_error"
+
+
+class DifyBadRequestError(DifyAPIError):
+    """400: invalid_param, provider_*, app_unavailable, not_*_app, ... Terminal."""
+
+    default_code = "bad_request"
+
+
+class DifyAuthError(DifyAPIError):
+    """401: the key or token was refused. Terminal (after one OAuth2 refresh)."""
+
+    default_code = "unauthorized"
+
+
+class DifyForbiddenError(DifyAPIError):
+    """403: app deleted/abnormal, API service disabled, workspace archived. Terminal."""
+
+    default_code = "forbidden"
+
+
+class DifyNotFoundError(DifyAPIError):
+    """404: usually a base URL without ``/v1``. Terminal."""
+
+    default_code = "not_found"
+
+
+class DifyRateLimitError(DifyAPIError):
+    """429 too_many_requests (per-app concurrency cap, or a gateway's rate limit). Retryable."""
+
+    default_code = "too_many_requests"
+    retryable = True
+
+
+class DifyQuotaError(DifyAPIError):
+    """429 rate_limit_error: a plan quota on Dify Cloud. Retrying does not clear it. Terminal."""
+
+    default_code = "rate_limit_error"
+
+
+class DifyServerError(DifyAPIError):
+    """500/502/503/504/524 (JSON or an HTML proxy page). Retryable; the run may have happened."""
+
+    default_code = "internal_server_error"
+    retryable = True
+
+
+class DifyTransportError(DifyError):
+    """Connection refused/reset, DNS, TLS: the request never got an HTTP answer. Retryable."""
+
+    default_code = "connection_error"
+    retryable = True
+
+
+class DifyTimeoutError(DifyTransportError):
+    """Read timeout: the request was sent, Dify may still be running and billing it."""
+
+    default_code = "timeout"
+    maybe_billed = True
+
+
+class DifyResponseError(DifyError):
+    """A 2xx whose body is not the JSON we expect (truncated, malformed). Retryable, may be billed."""
+
+    default_code = "malformed_response"
+    retryable = True
+    maybe_billed = True
+
+
+class DifyRunFailedError(DifyError):
+    """A workflow answered 200 with ``data.status`` other than ``succeeded``, or a stream ``error`` event."""
+
+    default_code = "workflow_failed"
+
+
+class DifyStreamError(DifyError):
+    """A stream that broke before its terminal event. Retryable; may be billed."""
+
+    default_code = "stream_broken"
+    retryable = True
+    maybe_billed = True

@@ -1,0 +1,145 @@
+"""Typed results of Dify calls. Prices are ``Decimal`` end to end: finance sums them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+APP_MODES = ("chat", "completion", "workflow")
+#: Dify's own app modes (GET /info ``mode``) mapped to the endpoint family that serves them.
+MODE_FAMILY = {
+    "chat": "chat",
+    "advanced-chat": "chat",
+    "agent-chat": "chat",
+    "agent": "chat",
+    "completion": "completion",
+    "workflow": "workflow",
+}
+#: Modes that reject ``response_mode=blocking``.
+STREAMING_ONLY_MODES = frozenset({"agent-chat", "agent"})
+
+
+def to_decimal(value: Any) -> Decimal | None:
+    """Dify sends prices as decimal strings; keep them exact (never via float)."""
+    if value is None or value == "":
+        return None
+    try:
+        return Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def _int(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Every field of Dify's ``metadata.usage``; absent fields stay None."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    prompt_unit_price: Decimal | None = None
+    prompt_price_unit: Decimal | None = None
+    prompt_price: Decimal | None = None
+    completion_unit_price: Decimal | None = None
+    completion_price_unit: Decimal | None = None
+    completion_price: Decimal | None = None
+    total_price: Decimal | None = None
+    currency: str | None = None
+    latency: float | None = None
+    time_to_first_token: float | None = None
+    time_to_generate: float | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> Usage:
+        data = data or {}
+        latency = data.get("latency")
+        return cls(
+            prompt_tokens=_int(data.get("prompt_tokens")),
+            completion_tokens=_int(data.get("completion_tokens")),
+            total_tokens=_int(data.get("total_tokens")),
+            prompt_unit_price=to_decimal(data.get("prompt_unit_price")),
+            prompt_price_unit=to_decimal(data.get("prompt_price_unit")),
+            prompt_price=to_decimal(data.get("prompt_price")),
+            completion_unit_price=to_decimal(data.get("completion_unit_price")),
+            completion_price_unit=to_decimal(data.get("completion_price_unit")),
+            completion_price=to_decimal(data.get("completion_price")),
+            total_price=to_decimal(data.get("total_price")),
+            currency=data.get("currency"),
+            latency=float(latency) if isinstance(latency, (int, float)) else None,
+            time_to_first_token=data.get("time_to_first_token"),
+            time_to_generate=data.get("time_to_generate"),
+        )
+
+
+@dataclass(frozen=True)
+class DifyResult:
+    """One successful call. ``answer`` is the text (chat/completion) or the workflow outputs as JSON."""
+
+    mode: str
+    answer: str | None
+    usage: Usage = field(default_factory=Usage)
+    outputs: dict[str, Any] | None = None
+    message_id: str | None = None
+    conversation_id: str | None = None
+    task_id: str | None = None
+    workflow_run_id: str | None = None
+    status: str = "succeeded"
+    latency_ms: int | None = None
+    created_at: int | None = None
+
+    @classmethod
+    def from_message(cls, body: dict[str, Any], *, mode: str, latency_ms: int | None = None) -> DifyResult:
+        """Blocking chat/completion body (or an aggregated stream)."""
+        meta = body.get("metadata") or {}
+        return cls(
+            mode=mode,
+            answer=body.get("answer"),
+            usage=Usage.from_json(meta.get("usage")),
+            message_id=body.get("message_id") or body.get("id"),
+            conversation_id=body.get("conversation_id") or None,
+            task_id=body.get("task_id"),
+            latency_ms=latency_ms,
+            created_at=body.get("created_at"),
+        )
+
+    @classmethod
+    def from_workflow(cls, body: dict[str, Any], *, latency_ms: int | None = None) -> DifyResult:
+        """Blocking workflow body ``{task_id, workflow_run_id, data: {...}}``; status checked by caller."""
+        data = body.get("data") or {}
+        outputs = data.get("outputs")
+        return cls(
+            mode="workflow",
+            answer=json.dumps(outputs, ensure_ascii=False, sort_keys=True) if outputs is not None else None,
+            outputs=outputs,
+            usage=Usage(total_tokens=_int(data.get("total_tokens"))),
+            task_id=body.get("task_id"),
+            workflow_run_id=body.get("workflow_run_id") or data.get("id"),
+            status=data.get("status") or "succeeded",
+            latency_ms=latency_ms,
+            created_at=data.get("created_at"),
+        )
+
+
+@dataclass(frozen=True)
+class AppInfo:
+    """GET /info: the cheapest authenticated probe, and the app's mode."""
+
+    name: str
+    mode: str
+    description: str | None = None
+    author_name: str | None = None
+    tags: tuple[str, ...] = ()
+
+    @property
+    def family(self) -> str | None:
+        return MODE_FAMILY.get(self.mode)

@@ -1,0 +1,126 @@
+"""Retry policy for Dify calls, built from small named tenacity strategies.
+
+Dify's 429 carries no Retry-After, so we back off exponentially with full jitter (many workers
+hitting one app's concurrency cap must not retry in lockstep); gateways that do send Retry-After
+are honoured. A request that may already have run is only re-sent when the policy allows it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import tenacity
+from tenacity import RetryCallState
+from tenacity.wait import wait_base
+
+from airflow_dify.client.errors import DifyError
+
+log = logging.getLogger("airflow_dify.client")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient failures are retried.
+
+    :param max_attempts: attempts in total, the first one included.
+    :param max_elapsed: no new attempt starts (and no sleep is begun) past this many seconds.
+    :param initial_wait: back-off base in seconds; attempt n waits up to ``initial_wait * 2**(n-1)``.
+    :param max_wait: cap for one wait, Retry-After included.
+    :param resend_maybe_billed: re-send requests that may already have run (timeouts, 504, broken
+        streams). True favours finishing the batch; False favours never paying twice.
+    """
+
+    max_attempts: int = 5
+    max_elapsed: float = 300.0
+    initial_wait: float = 1.0
+    max_wait: float = 60.0
+    resend_maybe_billed: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if self.max_elapsed <= 0 or self.initial_wait < 0 or self.max_wait < 0:
+            raise ValueError("max_elapsed must be > 0; initial_wait and max_wait >= 0")
+
+    def retrying(self, label: str) -> tenacity.Retrying:
+        """A fresh tenacity controller for one logical call (the label names it in logs)."""
+        return tenacity.Retrying(
+            retry=retry_if_retryable(self.resend_maybe_billed),
+            wait=wait_retry_after_or_backoff(self.initial_wait, self.max_wait),
+            stop=tenacity.stop_after_attempt(self.max_attempts)
+            | tenacity.stop_before_delay(self.max_elapsed),
+            before_sleep=log_retry(label, self.max_attempts),
+            reraise=True,
+        )
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+class retry_if_retryable(tenacity.retry_base):  # noqa: N801 - tenacity's naming style
+    """Retry DifyErrors marked retryable; skip maybe-billed ones unless re-sending them is allowed."""
+
+    def __init__(self, resend_maybe_billed: bool = True) -> None:
+        self.resend_maybe_billed = resend_maybe_billed
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        if outcome is None or not outcome.failed:
+            return False
+        exc = outcome.exception()
+        if not isinstance(exc, DifyError) or not exc.retryable:
+            return False
+        return self.resend_maybe_billed or not exc.maybe_billed
+
+
+class wait_retry_after_or_backoff(wait_base):  # noqa: N801
+    """The server's Retry-After (capped), else exponential back-off with full jitter."""
+
+    def __init__(self, initial: float = 1.0, maximum: float = 60.0, rng: random.Random | None = None) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self._rng = rng or random.Random()
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None and outcome.failed else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            return min(float(retry_after), self.maximum)
+        ceiling = min(self.maximum, self.initial * 2 ** (retry_state.attempt_number - 1))
+        return self._rng.uniform(0.0, ceiling)
+
+
+def log_retry(label: str, max_attempts: int) -> Callable[[RetryCallState], None]:
+    """One WARNING per retry; the error's summary is secret-free by construction."""
+
+    def before_sleep(retry_state: RetryCallState) -> None:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        sleep = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        log.warning(
+            "%s attempt %d/%d failed (%s); retrying in %.1f s",
+            label,
+            retry_state.attempt_number,
+            max_attempts,
+            exc,
+            sleep,
+        )
+
+    return before_sleep
+
+
+def call_with_retries(policy: RetryPolicy, label: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` under ``policy``; the final failure is the last DifyError with ``attempts`` set."""
+    for attempt in policy.retrying(label):
+        with attempt:
+            try:
+                return fn()
+            except DifyError as err:
+                err.attempts = attempt.retry_state.attempt_number
+                raise
+    raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover

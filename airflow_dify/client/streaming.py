@@ -1,0 +1,205 @@
+"""Server-sent events from Dify: parse the wire format and fold events into one DifyResult.
+
+Streaming is the only mode agent apps accept, and the safe mode for long workflows behind
+gateways that cut blocking calls at ~60-100 s. The aggregated result must equal what the blocking
+call would have returned, so batch code never cares which mode was used.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from airflow_dify.client.errors import DifyError, DifyRunFailedError, DifyStreamError
+from airflow_dify.client.models import DifyResult
+from airflow_dify.client.responses import CallContext, error_for_status
+
+
+def iter_lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """Split raw bytes into lines on ``\\n``, ``\\r\\n`` or ``\\r``, even across chunk boundaries."""
+    buf = b""
+    for chunk in chunks:
+        if not chunk:
+            continue
+        buf += chunk
+        # A trailing "\r" may be the first half of "\r\n": keep it until the next chunk.
+        while True:
+            cut = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
+            idx_n = buf.find(b"\n", 0, cut)
+            idx_r = buf.find(b"\r", 0, cut)
+            if idx_n < 0 and idx_r < 0:
+                break
+            if idx_r >= 0 and (idx_n < 0 or idx_r < idx_n):
+                line, skip = buf[:idx_r], 2 if buf[idx_r + 1 : idx_r + 2] == b"\n" else 1
+                buf = buf[idx_r + skip :]
+            else:
+                line, buf = buf[:idx_n], buf[idx_n + 1 :]
+            yield line.decode("utf-8", errors="replace")
+    if buf:
+        yield buf.rstrip(b"\r").decode("utf-8", errors="replace")
+
+
+def iter_events(chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    """Yield each ``data:`` payload as a dict; pings, comments and other fields are skipped."""
+    data: list[str] = []
+    name = ""
+    for line in iter_lines(chunks):
+        if not line:
+            if data:
+                yield _decode(data, name)
+            data, name = [], ""
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            name = value
+    if data:  # a last event without its blank line still counts
+        yield _decode(data, name)
+
+
+def _decode(data: list[str], name: str) -> dict[str, Any]:
+    text = "\n".join(data)
+    try:
+        event = json.loads(text)
+    except ValueError:
+        raise DifyStreamError(f"malformed SSE event ({len(text)} characters of non-JSON data)") from None
+    if not isinstance(event, dict):
+        raise DifyStreamError("malformed SSE event (JSON is not an object)")
+    if name and "event" not in event:
+        event["event"] = name
+    return event
+
+
+def stream_error(event: dict[str, Any], ctx: CallContext) -> DifyError:
+    """An ``error`` event as the same exception class an HTTP error with that status would give."""
+    status = event.get("status")
+    status = status if isinstance(status, int) and 400 <= status <= 599 else 500
+    message = str(event.get("message") or "error event in the stream")
+    err = error_for_status(status, event.get("code"), message, ctx)
+    err.maybe_billed = True  # the run had started when the stream reported it
+    return err
+
+
+class MessageAggregator:
+    """Folds chat/completion/agent events: answer chunks, ids, and usage from ``message_end``.
+
+    :param family: "chat" or "completion" (the DifyResult.mode).
+    :param agent: New Agent mode, whose closing ``message`` carries the full answer.
+    """
+
+    def __init__(self, family: str, ctx: CallContext, *, agent: bool = False) -> None:
+        self.family = family
+        self.ctx = ctx
+        self.agent = agent
+        self._parts: list[str] = []
+        self._saw_agent_chunks = False
+        self._ids: dict[str, Any] = {}
+        self._end: dict[str, Any] | None = None
+        self._failed_workflow: dict[str, Any] | None = None
+
+    def feed(self, event: dict[str, Any]) -> bool:
+        """Consume one event; True once the terminal event arrived."""
+        kind = event.get("event")
+        for key in ("task_id", "message_id", "conversation_id", "created_at"):
+            if event.get(key) and key not in self._ids:
+                self._ids[key] = event[key]
+        if kind == "agent_message":
+            self._saw_agent_chunks = True
+            self._parts.append(event.get("answer") or "")
+        elif kind == "message":
+            text = event.get("answer") or ""
+            if self.agent or self._saw_agent_chunks:
+                self._parts = [text]  # closing full answer: replace, do not append
+            else:
+                self._parts.append(text)
+        elif kind == "message_replace":
+            self._parts = [event.get("answer") or ""]
+        elif kind == "message_end":
+            self._end = event
+            return True
+        elif kind == "workflow_finished":  # Chatflow: failure comes without message_end
+            data = event.get("data") or {}
+            if data.get("status") not in (None, "succeeded"):
+                self._failed_workflow = event
+        elif kind == "error":
+            raise stream_error(event, self.ctx)
+        return False
+
+    def result(self, latency_ms: int | None = None) -> DifyResult:
+        """The aggregated result; raises when the stream ended without ``message_end``."""
+        if self._end is None:
+            if self._failed_workflow is not None:
+                data = self._failed_workflow.get("data") or {}
+                status = data.get("status")
+                raise DifyRunFailedError(
+                    str(data.get("error") or f"chatflow ended with status {status}"),
+                    code=f"workflow_{status}",
+                )
+            raise DifyStreamError(f"{self.ctx.endpoint}: stream ended before message_end")
+        end = self._end
+        body = {
+            "answer": "".join(self._parts),
+            "message_id": end.get("message_id") or end.get("id") or self._ids.get("message_id"),
+            "conversation_id": end.get("conversation_id") or self._ids.get("conversation_id"),
+            "task_id": end.get("task_id") or self._ids.get("task_id"),
+            "created_at": self._ids.get("created_at") or end.get("created_at"),
+            "metadata": end.get("metadata") or {},
+        }
+        return DifyResult.from_message(body, mode=self.family, latency_ms=latency_ms)
+
+    def broken(self, reason: str) -> DifyStreamError:
+        return DifyStreamError(f"{self.ctx.endpoint}: stream broke before message_end ({reason})")
+
+
+class WorkflowAggregator:
+    """Folds workflow events; remembers ``workflow_run_id`` so a broken stream can be looked up."""
+
+    def __init__(self, ctx: CallContext) -> None:
+        self.ctx = ctx
+        self.workflow_run_id: str | None = None
+        self.task_id: str | None = None
+        self._finished: dict[str, Any] | None = None
+
+    def feed(self, event: dict[str, Any]) -> bool:
+        kind = event.get("event")
+        if self.workflow_run_id is None:
+            run_id = event.get("workflow_run_id") or (
+                (event.get("data") or {}).get("id") if kind == "workflow_started" else None
+            )
+            if run_id:
+                self.workflow_run_id = str(run_id)
+        if self.task_id is None and event.get("task_id"):
+            self.task_id = event["task_id"]
+        if kind in ("workflow_finished", "workflow_paused"):
+            self._finished = event
+            return True
+        if kind == "error":
+            err = stream_error(event, self.ctx)
+            err.workflow_run_id = self.workflow_run_id
+            raise err
+        return False
+
+    def body(self) -> dict[str, Any]:
+        """A blocking-shaped body ``{task_id, workflow_run_id, data}`` from the terminal event."""
+        if self._finished is None:
+            raise self.broken("ended before workflow_finished")
+        data = dict(self._finished.get("data") or {})
+        if self._finished.get("event") == "workflow_paused":
+            data.setdefault("status", "paused")
+        return {
+            "task_id": self._finished.get("task_id") or self.task_id,
+            "workflow_run_id": self._finished.get("workflow_run_id") or self.workflow_run_id,
+            "data": data,
+        }
+
+    def broken(self, reason: str) -> DifyStreamError:
+        run = f"; workflow run {self.workflow_run_id} was started" if self.workflow_run_id else ""
+        err = DifyStreamError(f"{self.ctx.endpoint}: stream broke before workflow_finished ({reason}){run}")
+        err.workflow_run_id = self.workflow_run_id
+        return err

@@ -1,0 +1,163 @@
+"""DifyHook: an Airflow ``dify`` connection -> an authenticated DifyClient and a rate-limit pool."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook
+from airflow.sdk.log import mask_secret
+
+from airflow_dify.client import (
+    ApiKeyAuth,
+    DifyClient,
+    DifyError,
+    OAuth2ClientCredentials,
+    RetryPolicy,
+    normalize_api_key,
+)
+from airflow_dify.client.errors import (
+    DifyAuthError,
+    DifyConfigError,
+    DifyForbiddenError,
+    DifyNotFoundError,
+    DifyTransportError,
+)
+from airflow_dify.config import ConnectionSettings, parse_settings
+from airflow_dify.limits import open_pool
+
+if TYPE_CHECKING:
+    from airflow_dify.client.models import AppInfo, DifyResult
+    from airflow_dify.limits.base import RateLimitPool
+
+
+class DifyHook(BaseHook):
+    """Interact with a Dify app through its service API (``/v1``).
+
+    :param dify_conn_id: Airflow connection of type ``dify``: host = API base URL with ``/v1``,
+        password = the app API key (or ``auth_type: oauth2`` extras for a gateway).
+    :param max_attempts: attempts per call, retries included (default: connection extra or 5).
+    """
+
+    conn_name_attr = "dify_conn_id"
+    default_conn_name = "dify_default"
+    conn_type = "dify"
+    hook_name = "Dify"
+
+    def __init__(
+        self, dify_conn_id: str = default_conn_name, *, max_attempts: int | None = None, **kwargs: Any
+    ):
+        super().__init__(**kwargs)
+        self.dify_conn_id = dify_conn_id
+        self._max_attempts = max_attempts
+        self._clients: list[DifyClient] = []
+
+    @cached_property
+    def settings(self) -> ConnectionSettings:
+        conn = self.get_connection(self.dify_conn_id)
+        # Airflow masks password and the extra JSON as a whole, not each extra value.
+        for secret in (conn.password, (conn.extra_dejson or {}).get("client_secret")):
+            if secret:
+                mask_secret(secret)
+        settings = parse_settings(conn.host, conn.password, conn.extra_dejson)
+        if settings.unknown_extras:
+            self.log.warning(
+                "Connection %s: ignoring unknown extra field(s) %s",
+                self.dify_conn_id,
+                list(settings.unknown_extras),
+            )
+        return settings
+
+    def _auth(self) -> ApiKeyAuth | OAuth2ClientCredentials:
+        s = self.settings
+        if s.auth_type == "oauth2":
+            return OAuth2ClientCredentials(
+                s.token_url,
+                s.client_id,
+                s.client_secret,
+                scope=s.scope,
+                audience=s.audience,
+                client_auth=s.client_auth,
+                verify_ssl=s.verify_ssl,
+                on_token=mask_secret,
+            )
+        key = normalize_api_key(s.api_key)
+        mask_secret(key)
+        return ApiKeyAuth(key)
+
+    def get_pool(
+        self,
+        *,
+        max_concurrency: int | None = None,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: int | None = None,
+        pool_name: str | None = None,
+        backend: str | None = None,
+    ) -> RateLimitPool:
+        """The connection's shared budget, optionally tightened (never loosened) by the caller."""
+        pool_settings = self.settings.pool_settings(pool_name).tightened(
+            max_concurrency=max_concurrency,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+        )
+        return open_pool(backend or self.settings.rate_limit_backend, pool_settings)
+
+    def get_client(self, *, pool: RateLimitPool | None = None, pool_size: int | None = None) -> DifyClient:
+        """A new client (own HTTP session) using ``pool`` for every attempt."""
+        s = self.settings
+        client = DifyClient(
+            s.base_url,
+            self._auth(),
+            timeout=(s.connect_timeout, s.timeout),
+            verify_ssl=s.verify_ssl,
+            pool_size=pool_size or max(s.max_concurrency or 0, 16),
+            retry=RetryPolicy(max_attempts=self._max_attempts or s.max_attempts),
+            pool=pool,
+        )
+        self._clients.append(client)
+        return client
+
+    @cached_property
+    def client(self) -> DifyClient:
+        return self.get_client()
+
+    def get_conn(self) -> DifyClient:
+        return self.client
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
+
+    # Thin conveniences for single calls from PythonOperator/@task code.
+    def info(self) -> AppInfo:
+        return self.client.info()
+
+    def chat(self, query: str, inputs: dict[str, Any] | None = None, *, user: str, **kw: Any) -> DifyResult:
+        return self.client.chat(query, inputs, user=user, **kw)
+
+    def complete(self, inputs: dict[str, Any] | None = None, *, user: str, **kw: Any) -> DifyResult:
+        return self.client.complete(inputs, user=user, **kw)
+
+    def run_workflow(self, inputs: dict[str, Any] | None = None, *, user: str, **kw: Any) -> DifyResult:
+        return self.client.run_workflow(inputs, user=user, **kw)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Backs the UI's Test button: GET /info (no tokens spent), answered in actionable words."""
+        try:
+            info = self.get_client().info()
+        except DifyConfigError as err:
+            return False, f"Connection settings are invalid: {err.message}"
+        except DifyAuthError as err:
+            return False, f"Dify refused the credentials (401 {err.code}): {err.message}"
+        except DifyForbiddenError as err:
+            return False, f"Dify forbids this app (403 {err.code}): {err.message}"
+        except DifyNotFoundError as err:
+            return False, f"Wrong base URL (404): {err.message}"
+        except DifyTransportError as err:
+            return False, f"Cannot reach {self.settings.base_url}: {err.message}"
+        except DifyError as err:
+            return False, f"Dify answered an error: {err}"
+        finally:
+            self.close()
+        return True, f"Connected to Dify app '{info.name}' (mode: {info.mode})."

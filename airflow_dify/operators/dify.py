@@ -1,0 +1,232 @@
+"""DifyBatchOperator: prompt rows of a SQL table -> Dify -> answers, usage and cost in the same table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook, BaseOperator
+
+from airflow_dify.batch.calls import make_row_caller
+from airflow_dify.batch.engine import StopSignal
+from airflow_dify.batch.outcome import ResultColumns
+from airflow_dify.batch.rows import DEFAULT_MAX_PROMPT_CHARS, PromptBuilder
+from airflow_dify.batch.runner import run_table_batch
+from airflow_dify.batch.sql_table import SqlTable
+from airflow_dify.client.models import MODE_FAMILY
+from airflow_dify.hooks.dify import DifyHook
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+REDO_MODES = ("pending", "failed", "all")
+DEFAULT_MAX_CONCURRENCY = 8
+_DIALECTS = {"sqlite": "sqlite", "postgres": "postgres", "postgresql": "postgres"}
+
+
+class DifyBatchFailedError(RuntimeError):
+    """Too many rows failed; their results are already written back."""
+
+
+class DifyBatchOperator(BaseOperator):
+    """Answer every pending row of a SQL table with a Dify app and write the results back.
+
+    Rows are read in keyset-paged chunks, called concurrently under the connection's shared
+    rate-limit pool, and written back chunk by chunk, so a re-run resumes where the last stopped.
+
+    :param table: table holding the prompts (``schema.table`` allowed); results are written to it.
+    :param sql_conn_id: any common-sql connection (SQLite, PostgreSQL, ...).
+    :param dify_conn_id: the ``dify`` connection (API base URL + key or OAuth2).
+    :param id_column: unique, non-NULL key used for paging and updates.
+    :param query_column: column holding the chat/completion query.
+    :param query_template: alternative to ``query_column``: a per-row template, Jinja
+        (``{{ title }}: {{ body }}``) or ``str.format`` (``{title}: {body}``) over the row's columns.
+    :param input_columns: Dify input variable -> column, sent as ``inputs`` (required for workflows).
+    :param app_mode: ``chat`` | ``completion`` | ``workflow``; default: the connection's, else GET /info.
+    :param user: Dify end-user id sent with every call; default ``airflow-<dag_id>``.
+    :param max_concurrency: concurrent calls (may only tighten the connection's limit).
+    :param requests_per_minute: request budget (may only tighten the connection's limit).
+    :param tokens_per_minute: token budget (may only tighten the connection's limit).
+    :param pool_name: share a budget by name instead of by connection identity.
+    :param chunk_size: rows per read page and per write-back transaction.
+    :param redo: ``pending`` (status NULL), ``failed`` (also failed rows, default) or ``all``.
+    :param where: extra SQL filter, e.g. ``"lang = ?"`` (the SQL connection's paramstyle).
+    :param where_parameters: bound parameters for ``where`` (list, or dict for named style).
+    :param result_columns: rename result columns, e.g. ``{"answer": "category"}``.
+    :param max_failed_ratio: fail the task when failed/processed rows exceeds this (0 = any failure).
+    :param max_prompt_chars: longer prompts fail their row without a call.
+    """
+
+    template_fields: Sequence[str] = (
+        "table",
+        "sql_conn_id",
+        "dify_conn_id",
+        "where",
+        "where_parameters",
+        "input_columns",
+        "user",
+    )
+    template_fields_renderers = {"where": "sql", "input_columns": "json", "where_parameters": "json"}
+    ui_color = "#e6f0ff"
+    ui_fgcolor = "#1c3d7a"
+
+    def __init__(
+        self,
+        *,
+        table: str,
+        sql_conn_id: str,
+        dify_conn_id: str = DifyHook.default_conn_name,
+        id_column: str = "id",
+        query_column: str | None = "prompt",
+        query_template: str | None = None,
+        input_columns: Mapping[str, str] | None = None,
+        app_mode: str | None = None,
+        user: str | None = None,
+        max_concurrency: int | None = None,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: int | None = None,
+        pool_name: str | None = None,
+        chunk_size: int = 100,
+        redo: str = "failed",
+        where: str | None = None,
+        where_parameters: Any = None,
+        result_columns: Mapping[str, str] | None = None,
+        max_failed_ratio: float = 0.0,
+        max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if redo not in REDO_MODES:
+            raise ValueError(f"redo must be one of {', '.join(REDO_MODES)}, got {redo!r}")
+        if app_mode is not None and app_mode not in MODE_FAMILY:
+            raise ValueError(f"app_mode must be one of chat, completion, workflow, got {app_mode!r}")
+        if not 0.0 <= max_failed_ratio <= 1.0:
+            raise ValueError(f"max_failed_ratio must be between 0 and 1, got {max_failed_ratio}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        self.table = table
+        self.sql_conn_id = sql_conn_id
+        self.dify_conn_id = dify_conn_id
+        self.id_column = id_column
+        self.query_column = query_column
+        self.query_template = query_template
+        self.input_columns = dict(input_columns or {})
+        self.app_mode = app_mode
+        self.user = user
+        self.max_concurrency = max_concurrency
+        self.requests_per_minute = requests_per_minute
+        self.tokens_per_minute = tokens_per_minute
+        self.pool_name = pool_name
+        self.chunk_size = chunk_size
+        self.redo = redo
+        self.where = where
+        self.where_parameters = where_parameters
+        self.result_columns = ResultColumns.with_overrides(result_columns)
+        self.max_failed_ratio = max_failed_ratio
+        self.max_prompt_chars = max_prompt_chars
+        self._stop = StopSignal()
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"<{name} {self.task_id!r}: {self.sql_conn_id}:{self.table} -> {self.dify_conn_id}>"
+
+    @cached_property
+    def dify_hook(self) -> DifyHook:
+        return DifyHook(dify_conn_id=self.dify_conn_id)
+
+    @cached_property
+    def sql_hook(self) -> Any:
+        hook = BaseHook.get_connection(self.sql_conn_id).get_hook()
+        if not hasattr(hook, "get_conn") or not hasattr(hook, "get_records"):
+            raise TypeError(f"sql_conn_id {self.sql_conn_id!r} is not a SQL (DbApiHook) connection")
+        return hook
+
+    def _dialect(self) -> str:
+        conn_type = getattr(self.sql_hook, "conn_type", None) or ""
+        return _DIALECTS.get(conn_type, "generic")
+
+    def _family(self, client: Any) -> str:
+        mode = self.app_mode or self.dify_hook.settings.app_mode
+        if mode is None:
+            info = client.info()
+            self.log.info("Dify app %r reports mode %r", info.name, info.mode)
+            mode = info.mode
+        family = MODE_FAMILY.get(mode)
+        if family is None:
+            raise ValueError(
+                f"Dify app mode {mode!r} is not supported (expected one of {sorted(MODE_FAMILY)})"
+            )
+        return family
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        hook = self.dify_hook
+        pool = hook.get_pool(
+            max_concurrency=self.max_concurrency,
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+            pool_name=self.pool_name,
+        )
+        concurrency = pool.settings.max_concurrency or DEFAULT_MAX_CONCURRENCY
+        client = hook.get_client(pool=pool, pool_size=concurrency)
+        try:
+            family = self._family(client)
+            builder = PromptBuilder(
+                family=family,
+                id_column=self.id_column,
+                query_column=self.query_column,
+                query_template=self.query_template,
+                input_columns=self.input_columns,
+                max_prompt_chars=self.max_prompt_chars,
+            )
+            table = SqlTable(
+                self.sql_hook.get_conn,
+                self.table,
+                dialect=self._dialect(),
+                id_column=self.id_column,
+                read_columns=builder.read_columns,
+                columns=self.result_columns,
+            )
+            table.validate()
+            table.check_unique_ids()
+            added = table.ensure_result_columns()
+            if added:
+                self.log.info("Added result column(s) to %s: %s", self.table, ", ".join(added))
+            user = self.user or f"airflow-{context['dag'].dag_id}"
+            self.log.info(
+                "Dify batch on %s: mode=%s, max_concurrency=%s, rpm=%s, tpm=%s, chunk_size=%s",
+                self.table,
+                family,
+                concurrency,
+                pool.settings.requests_per_minute,
+                pool.settings.tokens_per_minute,
+                self.chunk_size,
+            )
+            summary = run_table_batch(
+                table,
+                make_row_caller(client, builder, user=user),
+                max_concurrency=concurrency,
+                chunk_size=self.chunk_size,
+                redo=self.redo,
+                where=self.where,
+                where_parameters=self.where_parameters,
+                stop=self._stop,
+                logger=self.log,
+            )
+        finally:
+            hook.close()
+            pool.close()
+        result = summary.to_dict()
+        context["ti"].xcom_push(key="summary", value=result)
+        if summary.failed_ratio() > self.max_failed_ratio:
+            raise DifyBatchFailedError(
+                f"{summary.failed:,} of {summary.processed:,} processed rows failed "
+                f"({summary.failed_ratio():.1%} > max_failed_ratio {self.max_failed_ratio:.1%}); "
+                f"most common errors: {summary.top_errors()}. Results are saved; re-run to retry failed rows."
+            )
+        return result
+
+    def on_kill(self) -> None:
+        self._stop.stop("killed")

@@ -1,0 +1,70 @@
+"""``python -m airflow_dify.testing``: run FakeDify in the foreground until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+
+from airflow_dify.testing.server import FakeDify
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m airflow_dify.testing", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8089, help="0 picks a free port")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per generation call")
+    parser.add_argument("--max-active-requests", type=int, default=0, help="per-app concurrency cap")
+    parser.add_argument("--rpm", type=int, default=0, help="per-app requests per minute")
+    parser.add_argument("--token-ttl", type=float, default=3600, help="OAuth2 access-token lifetime (s)")
+    parser.add_argument(
+        "--print-env", action="store_true", help="print AIRFLOW_CONN_DIFY_DEFAULT for the chat app"
+    )
+    return parser
+
+
+def connection_env(fake: FakeDify, mode: str = "chat") -> str:
+    """``AIRFLOW_CONN_DIFY_DEFAULT=<json>`` pointing at the app of ``mode``."""
+    conn = {
+        "conn_type": "dify",
+        "host": fake.url,
+        "password": fake.app(mode).key,
+        "extra": {"app_mode": mode},
+    }
+    return "AIRFLOW_CONN_DIFY_DEFAULT=" + json.dumps(conn)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    fake = FakeDify(
+        host=args.host,
+        port=args.port,
+        latency=args.latency,
+        max_active_requests=args.max_active_requests,
+        requests_per_minute=args.rpm,
+        token_ttl=args.token_ttl,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    fake.start()
+    try:
+        # The keys are printed on purpose: this is a local fake, and the user needs them to connect.
+        for app in fake.apps:
+            print(f"{app.mode}\t{app.name}\t{app.key}")
+        print(f"url\t{fake.url}")
+        print(f"token_url\t{fake.token_url}")
+        if args.print_env:
+            print(connection_env(fake))
+        sys.stdout.flush()
+        while not stop.wait(0.5):
+            pass
+    finally:
+        fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

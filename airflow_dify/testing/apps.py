@@ -1,0 +1,86 @@
+"""Fake Dify apps: one API key, one mode, an optional input form."""
+
+from __future__ import annotations
+
+import secrets
+import string
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The endpoint each mode is served by; wrong route -> the 400 code Dify uses for that route.
+CHAT_MODES = frozenset({"chat", "advanced-chat", "agent-chat"})
+ROUTE_MODES = {
+    "/chat-messages": (CHAT_MODES, "not_chat_app"),
+    "/completion-messages": (frozenset({"completion"}), "app_unavailable"),
+    "/workflows/run": (frozenset({"workflow"}), "not_workflow_app"),
+}
+GENERATION_PATHS = tuple(ROUTE_MODES)
+DEFAULT_MODES = ("chat", "completion", "workflow", "advanced-chat", "agent-chat")
+_DEFAULT_NAMES = {
+    "chat": "Fake Chatbot",
+    "completion": "Fake Text Generator",
+    "workflow": "Fake Workflow",
+    "advanced-chat": "Fake Chatflow",
+    "agent-chat": "Fake Agent",
+}
+_KEY_ALPHABET = string.ascii_letters + string.digits
+
+
+def generate_key() -> str:
+    """Same format as Dify's ``ApiToken.generate_api_key("app-", 24)``."""
+    return "app-" + "".join(secrets.choice(_KEY_ALPHABET) for _ in range(24))
+
+
+@dataclass(eq=False)
+class FakeApp:
+    """One Dify app as the fake serves it.
+
+    :param mode: Dify app mode (``chat``, ``completion``, ``workflow``, ``advanced-chat``, ``agent-chat``).
+    :param name: shown by ``GET /info``.
+    :param key: API key; generated in Dify's format when None.
+    :param inputs: the app's input form: variable names (optional text inputs) or dicts
+        ``{"variable", "type", "label", "required", "default", "options"}``.
+    :param api_enabled: False answers 403 like an app whose API service was switched off.
+    """
+
+    mode: str = "chat"
+    name: str | None = None
+    key: str | None = None
+    inputs: Sequence[str | dict[str, Any]] = ()
+    api_enabled: bool = True
+    description: str = "An app served by FakeDify."
+    tags: Sequence[str] = ()
+    author_name: str = "FakeDify"
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    workflow_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def __post_init__(self) -> None:
+        if self.mode not in _DEFAULT_NAMES:
+            raise ValueError(f"unsupported app mode {self.mode!r}; use one of {sorted(_DEFAULT_NAMES)}")
+        if self.name is None:
+            self.name = _DEFAULT_NAMES[self.mode]
+        if self.key is None:
+            self.key = generate_key()
+
+    def __repr__(self) -> str:
+        # The key is a secret: never show it in reprs that end up in logs.
+        return f"FakeApp(mode={self.mode!r}, name={self.name!r}, id={self.id!r})"
+
+    def form(self) -> list[dict[str, Any]]:
+        """The input form as normalized dicts (variable, type, label, required, default, options)."""
+        out = []
+        for item in self.inputs:
+            spec = {"variable": item} if isinstance(item, str) else dict(item)
+            spec.setdefault("type", "text-input")
+            spec.setdefault("label", spec["variable"])
+            spec.setdefault("required", False)
+            spec.setdefault("default", "")
+            out.append(spec)
+        return out
+
+
+def default_apps() -> list[FakeApp]:
+    """One app per mode the fake supports."""
+    return [FakeApp(mode=mode) for mode in DEFAULT_MODES]

@@ -1,0 +1,37 @@
+"""Fixtures for the client tests: a fresh OAuth2 token cache and a client factory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from airflow_dify.client import DifyClient, clear_token_cache
+from airflow_dify.testing import FakeDify
+from tests.client.client_helpers import FAST
+
+
+@pytest.fixture(autouse=True)
+def _fresh_token_cache() -> Iterator[None]:
+    clear_token_cache()
+    yield
+    clear_token_cache()
+
+
+@pytest.fixture
+def make_client(fake_dify: FakeDify) -> Iterator[Callable[..., DifyClient]]:
+    """``make_client(mode="chat", **DifyClient kwargs)`` against the fixture's FakeDify."""
+    clients: list[DifyClient] = []
+
+    def make(mode: str = "chat", **kwargs: Any) -> DifyClient:
+        kwargs.setdefault("retry", FAST)
+        base_url = kwargs.pop("base_url", fake_dify.url)
+        auth = kwargs.pop("auth", None) or fake_dify.app(mode).key
+        client = DifyClient(base_url, auth, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
