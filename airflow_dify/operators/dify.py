@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook, BaseOperator
 
+from airflow_dify.batch.budget import BudgetGuard
 from airflow_dify.batch.calls import make_row_caller
 from airflow_dify.batch.engine import StopSignal
 from airflow_dify.batch.outcome import ResultColumns
@@ -56,6 +58,12 @@ class DifyBatchOperator(BaseOperator):
     :param result_columns: rename result columns, e.g. ``{"answer": "category"}``.
     :param max_failed_ratio: fail the task when failed/processed rows exceeds this (0 = any failure).
     :param max_prompt_chars: longer prompts fail their row without a call.
+    :param max_total_tokens: budget cap: no call starts once the next one could cross it; the
+        rest stay pending and the summary says ``stopped: "budget"``.
+    :param max_total_price: the same cap in money (the app's currency), as a decimal string or number.
+    :param shard_index: with ``shard_count``, process only rows whose integer id modulo
+        ``shard_count`` equals ``shard_index``: ``.partial(...).expand(shard_index=[0, 1, 2, 3])``.
+    :param shard_count: number of shards the table is split into.
     """
 
     template_fields: Sequence[str] = (
@@ -94,6 +102,10 @@ class DifyBatchOperator(BaseOperator):
         result_columns: Mapping[str, str] | None = None,
         max_failed_ratio: float = 0.0,
         max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
+        max_total_tokens: int | None = None,
+        max_total_price: str | float | Decimal | None = None,
+        shard_index: int | None = None,
+        shard_count: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -127,6 +139,10 @@ class DifyBatchOperator(BaseOperator):
         self.result_columns = ResultColumns.with_overrides(result_columns)
         self.max_failed_ratio = max_failed_ratio
         self.max_prompt_chars = max_prompt_chars
+        self.max_total_tokens = max_total_tokens
+        self.max_total_price = str(max_total_price) if max_total_price is not None else None
+        self.shard_index = shard_index
+        self.shard_count = shard_count
         self._stop = StopSignal()
 
     def __repr__(self) -> str:
@@ -171,6 +187,7 @@ class DifyBatchOperator(BaseOperator):
         )
         concurrency = pool.settings.max_concurrency or DEFAULT_MAX_CONCURRENCY
         client = hook.get_client(pool=pool, pool_size=concurrency)
+        table: SqlTable | None = None
         try:
             family = self._family(client)
             builder = PromptBuilder(
@@ -204,9 +221,15 @@ class DifyBatchOperator(BaseOperator):
                 pool.settings.tokens_per_minute,
                 self.chunk_size,
             )
+            budget = BudgetGuard(
+                self.max_total_tokens, Decimal(self.max_total_price) if self.max_total_price else None
+            )
+            call_row = make_row_caller(client, builder, user=user)
             summary = run_table_batch(
                 table,
-                make_row_caller(client, builder, user=user),
+                budget.wrap(call_row) if budget.active else call_row,
+                may_start=budget.may_start if budget.active else None,
+                shard=self._shard(),
                 max_concurrency=concurrency,
                 chunk_size=self.chunk_size,
                 redo=self.redo,
@@ -218,8 +241,15 @@ class DifyBatchOperator(BaseOperator):
         finally:
             hook.close()
             pool.close()
+            if table is not None:
+                table.close()
         result = summary.to_dict()
         context["ti"].xcom_push(key="summary", value=result)
+        if summary.stopped == "budget":
+            self.log.warning(
+                "Stopped on budget (%s): %s rows left pending; raise the cap or re-run to continue.",
+                budget.reason, f"{summary.rows_selected - summary.processed:,}",
+            )
         if summary.failed_ratio() > self.max_failed_ratio:
             raise DifyBatchFailedError(
                 f"{summary.failed:,} of {summary.processed:,} processed rows failed "
@@ -227,6 +257,16 @@ class DifyBatchOperator(BaseOperator):
                 f"most common errors: {summary.top_errors()}. Results are saved; re-run to retry failed rows."
             )
         return result
+
+    def _shard(self) -> tuple[int, int] | None:
+        if self.shard_count is None and self.shard_index is None:
+            return None
+        if self.shard_count is None or self.shard_index is None:
+            raise ValueError("shard_index and shard_count must be given together")
+        count, index = int(self.shard_count), int(self.shard_index)
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"shard_index must be in [0, shard_count={count}), got {index}")
+        return index, count
 
     def on_kill(self) -> None:
         self._stop.stop("killed")
