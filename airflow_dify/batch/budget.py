@@ -61,7 +61,9 @@ class BudgetGuard:
                 self.price += outcome.total_price
                 self.priced_calls += 1
 
-    def wrap(self, call_row: Callable[[Mapping[str, Any]], RowOutcome]) -> Callable[[Mapping[str, Any]], RowOutcome]:
+    def wrap(
+        self, call_row: Callable[[Mapping[str, Any]], RowOutcome]
+    ) -> Callable[[Mapping[str, Any]], RowOutcome]:
         """The row caller that reports each finished call's cost to this guard."""
 
         def guarded(row: Mapping[str, Any]) -> RowOutcome:

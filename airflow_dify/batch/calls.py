@@ -15,10 +15,12 @@ MAX_ERROR_CHARS = 1000
 
 
 class SupportsCall(Protocol):
-    def call(self, family: str, *, query: str | None, inputs: dict[str, Any], user: str) -> DifyResult: ...
+    def call(
+        self, family: str, *, query: str | None, inputs: dict[str, Any], user: str, response_mode: str | None
+    ) -> DifyResult: ...
 
 
-def outcome_from_result(row_id: Any, result: DifyResult) -> RowOutcome:
+def outcome_from_result(row_id: Any, result: DifyResult, *, input_hash: str | None = None) -> RowOutcome:
     usage = result.usage
     return RowOutcome(
         row_id=row_id,
@@ -34,10 +36,11 @@ def outcome_from_result(row_id: Any, result: DifyResult) -> RowOutcome:
         conversation_id=result.conversation_id,
         answered_at=dt.datetime.now(dt.timezone.utc),
         attempts=getattr(result, "attempts", 1) or 1,
+        input_hash=input_hash,
     )
 
 
-def outcome_from_error(row_id: Any, err: DifyError) -> RowOutcome:
+def outcome_from_error(row_id: Any, err: DifyError, *, input_hash: str | None = None) -> RowOutcome:
     message = str(err)
     if err.maybe_billed:
         message += " (the request may have run and been billed by Dify; not re-sent)"
@@ -58,13 +61,22 @@ def outcome_from_error(row_id: Any, err: DifyError) -> RowOutcome:
         answered_at=dt.datetime.now(dt.timezone.utc),
         attempts=getattr(err, "attempts", 1) or 1,
         maybe_billed=err.maybe_billed,
+        # Kept on failures too: redo="changed" re-asks a failed row only once its content changes
+        # (redo="failed" retries it as is).
+        input_hash=input_hash,
     )
 
 
 def make_row_caller(
-    client: SupportsCall, builder: PromptBuilder, *, user: str
+    client: SupportsCall,
+    builder: PromptBuilder,
+    *,
+    user: str,
+    response_mode: str | None = None,
+    app_mode: str | None = None,
 ) -> Callable[[Mapping[str, Any]], RowOutcome]:
-    family = builder.family
+    """``app_mode`` (Dify's own, e.g. ``agent-chat``) lets the client pick streaming where required."""
+    family = app_mode or builder.family
 
     def call_row(row: Mapping[str, Any]) -> RowOutcome:
         row_id = row[builder.id_column]
@@ -73,9 +85,11 @@ def make_row_caller(
         except RowError as exc:
             return failed_outcome(row_id, exc.code, str(exc))
         try:
-            result = client.call(family, query=prompt.query, inputs=prompt.inputs, user=user)
+            result = client.call(
+                family, query=prompt.query, inputs=prompt.inputs, user=user, response_mode=response_mode
+            )
         except DifyError as err:
-            return outcome_from_error(row_id, err)
+            return outcome_from_error(row_id, err, input_hash=prompt.input_hash)
         except Exception as exc:  # a bug must fail the row, not kill 999 other rows' results
             return RowOutcome(
                 row_id=row_id,
@@ -83,8 +97,9 @@ def make_row_caller(
                 error=f"internal_error: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS],
                 error_code="internal_error",
                 answered_at=dt.datetime.now(dt.timezone.utc),
+                input_hash=prompt.input_hash,
             )
-        return outcome_from_result(row_id, result)
+        return outcome_from_result(row_id, result, input_hash=prompt.input_hash)
 
     return call_row
 

@@ -1,17 +1,18 @@
-"""Run calls concurrently and stream one outcome per row, with bounded memory.
+"""Run calls concurrently with at most ``max_concurrency`` rows outstanding, results in completion order.
 
-At most ``max_concurrency`` calls run and at most ``max_concurrency`` more wait in the executor,
-so memory stays flat however many rows the iterator yields. Outcomes arrive in completion order
-through a queue, so the caller can write them back while calls are still running.
+A row is *outstanding* from the moment its call is submitted until the caller has committed its
+outcome and called :meth:`CallPool.release`. Capping outstanding rows (not just running calls) at
+``max_concurrency`` means a crash can never lose more than ``max_concurrency`` answered-but-unsaved
+rows, so a re-run repeats at most that many requests, and memory stays flat for any table size.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from airflow_dify.batch.outcome import RowOutcome
 
@@ -19,7 +20,7 @@ T = TypeVar("T")
 
 
 class StopSignal:
-    """Set by anyone (budget guard, on_kill, a signal handler) to stop submitting new calls."""
+    """Set by anyone (budget guard, on_kill, a signal handler) to stop starting new calls."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
@@ -35,66 +36,82 @@ class StopSignal:
         return self._event.is_set()
 
 
-def run_concurrently(
-    items: Iterable[T],
-    call: Callable[[T], RowOutcome],
-    *,
-    max_concurrency: int,
-    stop: StopSignal | None = None,
-    may_start: Callable[[T], bool] | None = None,
-    poll_interval: float = 1.0,
-) -> Iterator[RowOutcome | None]:
-    """Yield each item's outcome as it completes; yields ``None`` every ``poll_interval`` while idle.
+class CallPool(Generic[T]):
+    """A bounded thread pool fed from an iterator; the caller acknowledges saved results.
 
-    ``call`` must not raise (it turns errors into failed outcomes); if it does, the exception
-    propagates after in-flight calls finish. ``may_start`` is asked in the worker right before
-    each call (budget cap); a False answer stops the batch. Items that never started are not
-    yielded: they stay pending in the table.
+    :param call: turns one item into its outcome; must not raise (errors are failed outcomes).
+    :param may_start: asked in the worker right before each call (budget cap); False stops the pool.
     """
-    if max_concurrency < 1:
-        raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-    stop = stop or StopSignal()
 
-    def guarded(item: T) -> RowOutcome | None:
-        if stop.stopped:
-            return None
-        if may_start is not None and not may_start(item):
-            stop.stop("budget")
-            return None
-        return call(item)
+    def __init__(
+        self,
+        call: Callable[[T], RowOutcome],
+        *,
+        max_concurrency: int,
+        stop: StopSignal | None = None,
+        may_start: Callable[[T], bool] | None = None,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        self.max_concurrency = max_concurrency
+        self.stop = stop or StopSignal()
+        self._call = call
+        self._may_start = may_start
+        self._done: queue.SimpleQueue[Future[RowOutcome | None]] = queue.SimpleQueue()
+        self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="dify-call")
+        self.outstanding = 0
+        self.exhausted = False
 
-    done: queue.SimpleQueue[Future[RowOutcome | None]] = queue.SimpleQueue()
-    in_flight = 0
-    window = max_concurrency * 2  # keep workers busy while the main thread reads/writes SQL
-    source = iter(items)
-    exhausted = False
-    pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="dify-call")
-    try:
-        while True:
-            while not exhausted and not stop.stopped and in_flight < window:
-                item = next(source, _END)
-                if item is _END:
-                    exhausted = True
-                    break
-                future = pool.submit(guarded, item)
-                future.add_done_callback(done.put)
-                in_flight += 1
-            if in_flight == 0:
+    def _guarded(self, item: T) -> RowOutcome | None:
+        if self.stop.stopped:
+            return None
+        if self._may_start is not None and not self._may_start(item):
+            self.stop.stop("budget")
+            return None
+        return self._call(item)
+
+    def fill(self, items: Iterator[T]) -> None:
+        """Submit items until ``max_concurrency`` are outstanding, the iterator ends, or we stop."""
+        while not self.exhausted and not self.stop.stopped and self.outstanding < self.max_concurrency:
+            item = next(items, _END)
+            if item is _END:
+                self.exhausted = True
                 return
+            future = self._executor.submit(self._guarded, item)
+            future.add_done_callback(self._done.put)
+            self.outstanding += 1
+
+    @property
+    def finished(self) -> bool:
+        return self.outstanding == 0 and (self.exhausted or self.stop.stopped)
+
+    def wait(self, timeout: float) -> list[RowOutcome]:
+        """Block up to ``timeout`` for one completion, then take every completion already there."""
+        outcomes: list[RowOutcome] = []
+        try:
+            futures = [self._done.get(timeout=timeout)]
+        except queue.Empty:
+            return outcomes
+        while True:
             try:
-                future = done.get(timeout=poll_interval)
+                futures.append(self._done.get_nowait())
             except queue.Empty:
-                yield None
-                continue
-            in_flight -= 1
-            outcome = future.result()
-            if outcome is not None:
-                yield outcome
-    except GeneratorExit:
-        stop.stop(stop.reason or "closed")
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+                break
+        for future in futures:
+            outcome = future.result()  # a bug in `call` surfaces here, after the batch is saved
+            if outcome is None:  # never started (stopped): nothing to save
+                self.outstanding -= 1
+            else:
+                outcomes.append(outcome)
+        return outcomes
+
+    def release(self, n: int) -> None:
+        """The caller saved ``n`` outcomes: their slots may take new rows."""
+        self.outstanding -= n
+
+    def close(self) -> None:
+        self.stop.stop(self.stop.reason or "closed")
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 _END: Any = object()

@@ -102,8 +102,18 @@ class DifyHook(BaseHook):
         )
         return open_pool(backend or self.settings.rate_limit_backend, pool_settings)
 
-    def get_client(self, *, pool: RateLimitPool | None = None, pool_size: int | None = None) -> DifyClient:
-        """A new client (own HTTP session) using ``pool`` for every attempt."""
+    def get_client(
+        self,
+        *,
+        pool: RateLimitPool | None = None,
+        pool_size: int | None = None,
+        resend_maybe_billed: bool = False,
+    ) -> DifyClient:
+        """A new client (own HTTP session) using ``pool`` for every attempt.
+
+        ``resend_maybe_billed`` is off by default: after a timeout or 504 Dify may still be
+        running (and billing) the request, so it is reported instead of paid for twice.
+        """
         s = self.settings
         client = DifyClient(
             s.base_url,
@@ -111,7 +121,9 @@ class DifyHook(BaseHook):
             timeout=(s.connect_timeout, s.timeout),
             verify_ssl=s.verify_ssl,
             pool_size=pool_size or max(s.max_concurrency or 0, 16),
-            retry=RetryPolicy(max_attempts=self._max_attempts or s.max_attempts),
+            retry=RetryPolicy(
+                max_attempts=self._max_attempts or s.max_attempts, resend_maybe_billed=resend_maybe_billed
+            ),
             pool=pool,
         )
         self._clients.append(client)

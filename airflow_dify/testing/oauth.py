@@ -41,6 +41,8 @@ class TokenStore:
         self._clients: dict[str, OAuthClient] = {}
         self._tokens: dict[str, tuple[str, float | None]] = {}  # token -> (app id, expiry)
         self.issued = 0
+        #: Every access token ever issued (for leak scans in tests), oldest first.
+        self.history: list[str] = []
 
     def add_client(self, client: OAuthClient) -> None:
         with self._lock:
@@ -115,6 +117,7 @@ class TokenStore:
         with self._lock:
             self._tokens[token] = (client.app_id, None if ttl is None else self._clock() + ttl)
             self.issued += 1
+            self.history.append(token)
         body: dict[str, Any] = {"access_token": token, "token_type": "Bearer"}
         if ttl is not None:
             body["expires_in"] = int(ttl)

@@ -182,6 +182,12 @@ class FakeDify:
 
     # -- observation -----------------------------------------------------------------------------
     @property
+    def issued_tokens(self) -> list[str]:
+        """Every access token issued so far, including revoked and expired ones (leak scans)."""
+        with self._tokens._lock:
+            return list(self._tokens.history)
+
+    @property
     def requests(self) -> list[RequestRecord]:
         """Snapshot of the /v1 request log (token endpoint calls are counted in token_requests)."""
         with self._lock:
