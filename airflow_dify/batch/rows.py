@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_dify.batch.outcome import FAILED, RowOutcome
+from airflow_dify.batch.sql_dialect import InvalidText
 
 DEFAULT_MAX_PROMPT_CHARS = 100_000
 
@@ -20,6 +23,32 @@ class Prompt:
     row_id: Any
     query: str | None
     inputs: dict[str, Any]
+    input_hash: str | None = None
+
+
+def _json_default(value: Any) -> Any:
+    # numpy/pandas scalars (from the DataFrame path) hash like the Python value SQL would return.
+    item = getattr(value, "item", None)
+    if callable(item):
+        return item()
+    return str(value)  # Decimal, UUID, ...: their exact text
+
+
+def input_hash(app: Mapping[str, Any], query: str | None, inputs: Mapping[str, Any]) -> str:
+    """Hex sha256 of the canonical JSON of what is sent: redo="changed" compares it with the stored one.
+
+    Canonical = sorted keys, no whitespace, UTF-8; so the same request hashes the same from SQL
+    rows, DataFrame rows, any Python version or machine.
+    """
+    payload = json.dumps(
+        {"app": dict(app), "query": query, "inputs": dict(inputs)},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=True,
+        default=_json_default,
+    )
+    return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class RowError(ValueError):
@@ -61,10 +90,10 @@ def template_columns(template: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _text(value: Any) -> Any:
-    # The SQL source returns undecodable bytes as a marker with a ``describe()`` method.
-    if hasattr(value, "describe") and callable(value.describe):
-        raise RowError("invalid_text", value.describe())
+def _text(value: Any, row_id: Any = None, column: str | None = None) -> Any:
+    """Undecodable text read by the SQL source fails its row with a message naming row and column."""
+    if isinstance(value, InvalidText):
+        raise RowError("invalid_text", f"row {row_id!r}: column {column!r}: {value.message}; no call made")
     return value
 
 
@@ -80,8 +109,12 @@ class PromptBuilder:
         query_template: str | None = None,
         input_columns: Mapping[str, str] | None = None,
         max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
+        app_id: str | None = None,
     ) -> None:
         self.family = family
+        # Only stable facts go in: a mode read from GET /info one day and from the connection the
+        # next must not make every row look edited. ``app_id`` lets callers pin the exact app.
+        self.app: dict[str, Any] = {"family": family, **({"id": app_id} if app_id else {})}
         self.id_column = id_column
         self.query_column = None if query_template else query_column
         self.query_template = query_template
@@ -106,7 +139,7 @@ class PromptBuilder:
         row_id = row[self.id_column]
         inputs: dict[str, Any] = {}
         for var, col in self.input_columns.items():
-            value = _text(row.get(col))
+            value = _text(row.get(col), row_id, col)
             if isinstance(value, (dt.date, dt.datetime)):
                 value = value.isoformat()
             inputs[var] = value
@@ -120,7 +153,7 @@ class PromptBuilder:
         if self.family != "workflow":
             if self._template is not None:
                 try:
-                    query = self._template({k: _text(v) for k, v in row.items()})
+                    query = self._template({k: _text(v, row_id, k) for k, v in row.items()})
                 except (KeyError, IndexError, ValueError) as exc:
                     raise RowError(
                         "template_error", f"row {row_id!r}: query_template failed: {exc}"
@@ -131,7 +164,7 @@ class PromptBuilder:
                     ) from None
                 source = "query_template"
             else:
-                query = _text(row.get(self.query_column))
+                query = _text(row.get(self.query_column), row_id, self.query_column)
                 source = f"column {self.query_column!r}"
             if query is None or (isinstance(query, str) and not query.strip()):
                 if self.family == "chat":
@@ -152,7 +185,14 @@ class PromptBuilder:
                 raise RowError(
                     "empty_prompt", f"row {row_id!r}: prompt ({source}) is empty and no inputs; no call made"
                 )
-        return Prompt(row_id=row_id, query=query, inputs=inputs)
+        return Prompt(row_id=row_id, query=query, inputs=inputs, input_hash=input_hash(self.app, query, inputs))
+
+    def current_hash(self, row: Mapping[str, Any]) -> str | None:
+        """The input_hash this row would be sent with now; None when it cannot be sent."""
+        try:
+            return self.build(row).input_hash
+        except RowError:
+            return None
 
 
 def failed_outcome(row_id: Any, code: str, message: str, *, attempts: int = 0) -> RowOutcome:
