@@ -2,7 +2,7 @@
 
 ``open_pool(backend, settings)`` picks the backend from the ``rate_limit_backend`` setting:
 
-* ``None`` / ``"memory"``: threads of one process (default);
+* ``None`` / ``""`` / ``"memory"``: threads of one process (default);
 * ``"sqlite:////abs/path.db"`` (or ``sqlite:///abs/path.db``): processes on one machine, the file
   on a local disk;
 * ``"redis://host:port/db"`` / ``"rediss://..."``: workers on many machines.
@@ -82,9 +82,9 @@ def open_pool(
     :param sleep: inject the matching sleep function.
     :raises PoolError: invalid URL or settings, or the backend is unreachable.
     """
-    name = (backend or "memory").strip()
-    if not isinstance(name, str) or not name:
-        raise _invalid(str(backend), "empty value")
+    if backend is not None and not isinstance(backend, str):
+        raise _invalid(type(backend).__name__, "not a string")
+    name = (backend or "").strip() or "memory"  # an empty form field means the default
     scheme = name.split(":", 1)[0].lower() if ":" in name else name.lower()
     if scheme == "memory" and name.lower() == "memory":
         kind = "memory"

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pool_helpers import FakeClock
 
 from airflow_dify.limits import PoolSettings, open_pool
 from airflow_dify.limits.pool import ReservingPool
+
+from .pool_helpers import FakeClock, PoolFactory
 
 REDIS_URL = os.environ.get("DIFY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 BACKENDS = ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)]
@@ -31,9 +32,6 @@ def delete_redis_keys(url: str, pool_key: str) -> None:
         client.delete(*redis_keys(pool_key))
     finally:
         client.close()
-
-
-PoolFactory = Callable[..., ReservingPool]
 
 
 @pytest.fixture(params=BACKENDS)

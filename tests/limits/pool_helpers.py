@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from airflow_dify.limits.pool import ReservingPool
+
+#: make_pool(clock, key=None, **limits) -> a pool on the parametrised backend
+PoolFactory = Callable[..., ReservingPool]
+
 
 class FakeClock:
     """Deterministic time. ``advancing`` sleeps move it; frozen ones only record the request."""

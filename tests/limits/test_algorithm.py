@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import PoolFactory
-from pool_helpers import FakeClock, max_in_window
 
 from airflow_dify.limits import PoolTimeout
+
+from .pool_helpers import FakeClock, PoolFactory, max_in_window
 
 
 def test_no_one_or_sixty_second_window_over_the_limit(make_pool: PoolFactory) -> None:
@@ -84,6 +84,7 @@ def test_settle_is_idempotent(make_pool: PoolFactory) -> None:
     assert permit.settled
     nxt = pool.acquire(100)
     assert nxt.start - t0 == pytest.approx(2.0)
+    clock.advancing = True  # slot waits poll through the fake sleep
     with pytest.raises(PoolTimeout):
         pool.acquire(0, timeout=5)  # the one slot is held by `nxt`
 
