@@ -14,3 +14,9 @@ test: setup
 lint: setup
 	@.venv/bin/ruff check airflow_dify dags tests scripts
 	@.venv/bin/ruff format --check airflow_dify dags tests scripts
+
+# Benchmarks of issue 6 against FakeDify on 127.0.0.1 (~10 min); writes bench/results.json.
+# BENCH_ARGS="--memory-rows 100000,1000000" runs the issue's full memory sizes (~20 min more).
+.PHONY: bench
+bench: setup
+	@.venv/bin/python -m bench $(BENCH_ARGS)

@@ -6,7 +6,7 @@ import pytest
 
 from airflow_dify.client import DifyClient, RetryPolicy, normalize_api_key
 from airflow_dify.client.errors import DifyConfigError, DifyError
-from airflow_dify.testing import FakeApp, Fault, FakeDify
+from airflow_dify.testing import FakeApp, FakeDify, Fault
 
 ONE = RetryPolicy(max_attempts=1)
 
@@ -66,5 +66,7 @@ def test_504_on_long_blocking_call() -> None:
 
 def test_agent_app_needs_streaming() -> None:
     with FakeDify() as fake:
-        err = _err(fake, lambda c: c.chat("q", user="u", response_mode="blocking"), key=fake.app("agent-chat").key)
+        err = _err(
+            fake, lambda c: c.chat("q", user="u", response_mode="blocking"), key=fake.app("agent-chat").key
+        )
     assert err.status == 400 and "this app mode needs response_mode='streaming'" in str(err)

@@ -28,6 +28,8 @@ class ResultColumns:
     conversation_id: str = "conversation_id"
     answered_at: str = "answered_at"
     attempts: str = "attempts"
+    #: sha256 of what was sent (app family, query, inputs): lets redo="changed" find edited rows.
+    input_hash: str = "input_hash"
 
     @classmethod
     def with_overrides(cls, overrides: dict[str, str] | None) -> ResultColumns:
@@ -61,6 +63,7 @@ class RowOutcome:
     conversation_id: str | None = None
     answered_at: dt.datetime | None = None  # timezone-aware UTC
     attempts: int = 1
+    input_hash: str | None = None  # None when the row could not be turned into a request
     #: Dify error code for summaries ("too_many_requests", "invalid_param", ...); not a column.
     error_code: str | None = None
     #: True when the outcome is ambiguous: the request may have run and been billed.

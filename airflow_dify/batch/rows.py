@@ -185,7 +185,9 @@ class PromptBuilder:
                 raise RowError(
                     "empty_prompt", f"row {row_id!r}: prompt ({source}) is empty and no inputs; no call made"
                 )
-        return Prompt(row_id=row_id, query=query, inputs=inputs, input_hash=input_hash(self.app, query, inputs))
+        return Prompt(
+            row_id=row_id, query=query, inputs=inputs, input_hash=input_hash(self.app, query, inputs)
+        )
 
     def current_hash(self, row: Mapping[str, Any]) -> str | None:
         """The input_hash this row would be sent with now; None when it cannot be sent."""

@@ -88,6 +88,7 @@ _TYPES_POSTGRES = {
     "conversation_id": "VARCHAR(64)",
     "answered_at": "TIMESTAMP WITH TIME ZONE",
     "attempts": "INTEGER",
+    "input_hash": "VARCHAR(64)",  # hex sha256
 }
 _TYPES_SQLITE = {
     **_TYPES_POSTGRES,

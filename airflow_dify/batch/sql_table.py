@@ -11,7 +11,11 @@ parentheses and its ``where_parameters`` are bound in the driver's native style 
 ``:name``; psycopg ``%s`` / ``%(name)s``, where a literal ``%`` must be written ``%%``).
 
 Selection: ``redo`` ``pending`` = status IS NULL, ``failed`` = NULL or 'failed', ``all`` = every
-row; a table without the status column yet counts every row as pending. ``shard=(index, count)``
+row; a table without the status column yet counts every row as pending. ``changed`` = pending rows
+plus rows whose current query/inputs hash (computed in Python by ``current_hash``: SQL cannot
+render templates) differs from the stored ``input_hash`` (NULL differs from any hash); SQL selects
+every row, and unchanged ones are dropped from each page before the engine sees them (counted in
+``skipped_unchanged``), so they cost one sha256, no call and no write. ``shard=(index, count)``
 keeps rows whose integer id satisfies ``((id % count) + count) % count = index`` (a true modulo,
 so negative ids are sharded too); the shards of one ``count`` partition the table exactly.
 Non-integer ids cannot be sharded.
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from airflow_dify.batch.outcome import FAILED, ResultColumns, RowOutcome
@@ -33,13 +37,23 @@ from airflow_dify.batch.sql_connection import SqlConnection, error_brief
 from airflow_dify.batch.sql_dialect import DIALECTS, InvalidText, Params, quote_identifier
 from airflow_dify.batch.sql_errors import SqlTableError, SqlWriteError
 
-__all__ = ["SqlTable", "SqlTableError", "SqlWriteError", "InvalidText", "REDO_MODES", "STATUS_KEY"]
+__all__ = [
+    "HASH_KEY",
+    "SqlTable",
+    "SqlTableError",
+    "SqlWriteError",
+    "InvalidText",
+    "REDO_MODES",
+    "STATUS_KEY",
+]
 
 log = logging.getLogger(__name__)
 
-REDO_MODES = ("pending", "failed", "all")
+REDO_MODES = ("pending", "failed", "all", "changed")
 #: Key under which iter_chunks() puts each row's current status value.
 STATUS_KEY = "__status__"
+#: Key under which iter_chunks(redo="changed") puts each row's stored input_hash.
+HASH_KEY = "__input_hash__"
 
 
 class SqlTable:
@@ -55,6 +69,8 @@ class SqlTable:
     :param columns: names of the result columns written back.
     :param write_retries: extra attempts for a failed chunk write before SqlWriteError.
     :param write_backoff: seconds before the first retry; doubles each retry.
+    :param current_hash: row dict -> the input_hash it would be sent with now (e.g.
+        ``PromptBuilder.current_hash``); required for ``redo="changed"``.
     """
 
     def __init__(
@@ -68,6 +84,7 @@ class SqlTable:
         columns: ResultColumns = ResultColumns(),  # noqa: B008 - frozen dataclass, safe default
         write_retries: int = 3,
         write_backoff: float = 0.5,
+        current_hash: Callable[[Mapping[str, Any]], str | None] | None = None,
     ) -> None:
         if dialect not in DIALECTS:
             raise SqlTableError(f"dialect: {dialect!r} is not one of {list(DIALECTS)}")
@@ -92,6 +109,9 @@ class SqlTable:
         if dupes:
             raise SqlTableError(f"result_columns: names {dupes} are used twice or clash with id_column")
         self._db = SqlConnection(connect, dialect)
+        self.current_hash = current_hash
+        #: Rows redo="changed" read but left alone because their content is unchanged.
+        self.skipped_unchanged = 0
 
     def __repr__(self) -> str:
         return f"SqlTable(table={self.table!r}, dialect={self.dialect_name!r}, id_column={self.id_column!r})"
@@ -215,6 +235,9 @@ class SqlTable:
     def _has_status(self) -> bool:
         return self._present(self.existing_columns())(self.columns.status)
 
+    def _has_hash(self) -> bool:
+        return self._present(self.existing_columns())(self.columns.input_hash)
+
     def count_todo(
         self,
         redo: str = "failed",
@@ -246,18 +269,43 @@ class SqlTable:
         """
         if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
             raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
+        if redo == "changed" and self.current_hash is None:
+            raise ValueError('redo="changed" needs SqlTable(current_hash=...) to hash each row\'s content')
         with self._db.lock:
             has_status = self._has_status()
+            has_hash = redo == "changed" and self._has_hash()
             # Check the arguments now, not at the first next(): bad settings fail at the call.
             self._filter(Params(self._db.dialect, where_parameters), redo, where, shard, has_status)
-        return self._pages(chunk_size, redo, where, where_parameters, shard, has_status)
+        pages = self._pages(chunk_size, redo, where, where_parameters, shard, has_status, has_hash)
+        return self._changed_only(pages) if redo == "changed" else pages
+
+    def _changed_only(self, pages: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
+        """Drop rows answered with exactly the content they hold now (pages may come out empty)."""
+        current = self.current_hash
+        assert current is not None
+        for page in pages:
+            # Unchanged = answered before and the stored hash equals the current one; two NULLs
+            # (a row that could not be sent then and cannot now) also count as unchanged.
+            keep = [
+                row for row in page if row[STATUS_KEY] is None or _stripped(row[HASH_KEY]) != current(row)
+            ]
+            self.skipped_unchanged += len(page) - len(keep)
+            yield keep
 
     def _pages(
-        self, chunk_size: int, redo: str, where: Any, where_parameters: Any, shard: Any, has_status: bool
+        self,
+        chunk_size: int,
+        redo: str,
+        where: Any,
+        where_parameters: Any,
+        shard: Any,
+        has_status: bool,
+        has_hash: bool = False,
     ) -> Iterator[list[dict[str, Any]]]:
         status_expr = self._q_result["status"] if has_status else "NULL"
-        select = ", ".join([self._q_id, *self._q_read, status_expr])
-        keys = [self.id_column, *self.read_columns, STATUS_KEY]
+        extra = [self._q_result["input_hash"] if has_hash else "NULL"] if redo == "changed" else []
+        select = ", ".join([self._q_id, *self._q_read, status_expr, *extra])
+        keys = [self.id_column, *self.read_columns, STATUS_KEY, *([HASH_KEY] if extra else [])]
         last: Any = None
         for _page in range(10**12):  # bounded: each page advances the id strictly
             with self._db.lock:
@@ -331,6 +379,11 @@ class SqlTable:
                         )
                     return
             time.sleep(delay)
+
+
+def _stripped(value: Any) -> Any:
+    # A CHAR column on a generic engine may pad; hex digests never contain spaces.
+    return value.strip() if isinstance(value, str) else value
 
 
 def _check_shard(shard: Any) -> tuple[int, int]:

@@ -7,7 +7,7 @@ from decimal import Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook, BaseOperator
+from airflow.sdk import Asset, BaseHook, BaseOperator
 
 from airflow_dify.batch.budget import BudgetGuard
 from airflow_dify.batch.calls import make_row_caller
@@ -18,11 +18,12 @@ from airflow_dify.batch.runner import run_table_batch
 from airflow_dify.batch.sql_table import SqlTable
 from airflow_dify.client.models import MODE_FAMILY
 from airflow_dify.hooks.dify import DifyHook
+from airflow_dify.operators.lineage import default_outlets, operator_lineage, table_ref
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-REDO_MODES = ("pending", "failed", "all")
+REDO_MODES = ("pending", "failed", "all", "changed")
 DEFAULT_MAX_CONCURRENCY = 8
 _DIALECTS = {"sqlite": "sqlite", "postgres": "postgres", "postgresql": "postgres"}
 
@@ -31,11 +32,25 @@ class DifyBatchFailedError(RuntimeError):
     """Too many rows failed; their results are already written back."""
 
 
+class DifyBatchKilledError(RuntimeError):
+    """The task was killed mid-run; finished rows are saved, the rest stay pending for a retry."""
+
+
 class DifyBatchOperator(BaseOperator):
     """Answer every pending row of a SQL table with a Dify app and write the results back.
 
     Rows are read in keyset-paged chunks, called concurrently under the connection's shared
     rate-limit pool, and written back chunk by chunk, so a re-run resumes where the last stopped.
+
+    Lineage: unless ``outlets`` is given, the table is declared as an outlet Asset (URI from the SQL
+    connection, e.g. ``postgres://host:5432/db/public/prompts``; see
+    :func:`airflow_dify.operators.lineage.dify_answers_asset`) and each successful run emits an
+    asset event whose ``extra`` is the run summary. ``outlets=[]`` opts out (no connection lookup
+    at parse time). With the openlineage provider installed, the table is reported as input and
+    output with the summary as the ``difyBatch`` run facet.
+
+    Killing the task (SIGTERM, ``execution_timeout``) stops new calls; calls already running finish
+    and are saved, unstarted rows stay pending, and the task fails so a retry resumes.
 
     :param table: table holding the prompts (``schema.table`` allowed); results are written to it.
     :param sql_conn_id: any common-sql connection (SQLite, PostgreSQL, ...).
@@ -52,7 +67,8 @@ class DifyBatchOperator(BaseOperator):
     :param tokens_per_minute: token budget (may only tighten the connection's limit).
     :param pool_name: share a budget by name instead of by connection identity.
     :param chunk_size: rows per read page and per write-back transaction.
-    :param redo: ``pending`` (status NULL), ``failed`` (also failed rows, default) or ``all``.
+    :param redo: ``pending`` (status NULL), ``failed`` (also failed rows, default), ``all``, or
+        ``changed`` (pending rows plus rows whose query/inputs changed since answered: ``input_hash``).
     :param where: extra SQL filter, e.g. ``"lang = ?"`` (the SQL connection's paramstyle).
     :param where_parameters: bound parameters for ``where`` (list, or dict for named style).
     :param result_columns: rename result columns, e.g. ``{"answer": "category"}``.
@@ -64,6 +80,11 @@ class DifyBatchOperator(BaseOperator):
     :param shard_index: with ``shard_count``, process only rows whose integer id modulo
         ``shard_count`` equals ``shard_index``: ``.partial(...).expand(shard_index=[0, 1, 2, 3])``.
     :param shard_count: number of shards the table is split into.
+    :param response_mode: ``blocking`` (default; streaming for agent apps) or ``streaming``:
+        recommended for workflows that may outlive a gateway's ~60 s timeout, because a broken
+        stream is recovered with GET /workflows/run/{id} instead of running the workflow again.
+    :param resend_maybe_billed: re-send a call after a timeout/504, when Dify may already have
+        run and billed it (default False: the row fails with an error that says so).
     """
 
     template_fields: Sequence[str] = (
@@ -106,8 +127,12 @@ class DifyBatchOperator(BaseOperator):
         max_total_price: str | float | Decimal | None = None,
         shard_index: int | None = None,
         shard_count: int | None = None,
+        response_mode: str | None = None,
+        resend_maybe_billed: bool = False,
         **kwargs: Any,
     ) -> None:
+        if "outlets" not in kwargs:  # an explicit outlets (even []) wins over the derived Asset
+            kwargs["outlets"] = default_outlets(sql_conn_id, table)
         super().__init__(**kwargs)
         if redo not in REDO_MODES:
             raise ValueError(f"redo must be one of {', '.join(REDO_MODES)}, got {redo!r}")
@@ -143,7 +168,12 @@ class DifyBatchOperator(BaseOperator):
         self.max_total_price = str(max_total_price) if max_total_price is not None else None
         self.shard_index = shard_index
         self.shard_count = shard_count
+        if response_mode not in (None, "blocking", "streaming"):
+            raise ValueError(f"response_mode must be blocking or streaming, got {response_mode!r}")
+        self.response_mode = response_mode
+        self.resend_maybe_billed = resend_maybe_billed
         self._stop = StopSignal()
+        self._summary: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         name = type(self).__name__
@@ -164,18 +194,18 @@ class DifyBatchOperator(BaseOperator):
         conn_type = getattr(self.sql_hook, "conn_type", None) or ""
         return _DIALECTS.get(conn_type, "generic")
 
-    def _family(self, client: Any) -> str:
+    def _mode(self, client: Any) -> str:
+        """The app's Dify mode: the argument, else the connection's, else GET /info."""
         mode = self.app_mode or self.dify_hook.settings.app_mode
         if mode is None:
             info = client.info()
             self.log.info("Dify app %r reports mode %r", info.name, info.mode)
             mode = info.mode
-        family = MODE_FAMILY.get(mode)
-        if family is None:
+        if mode not in MODE_FAMILY:
             raise ValueError(
                 f"Dify app mode {mode!r} is not supported (expected one of {sorted(MODE_FAMILY)})"
             )
-        return family
+        return mode
 
     def execute(self, context: Context) -> dict[str, Any]:
         hook = self.dify_hook
@@ -186,10 +216,13 @@ class DifyBatchOperator(BaseOperator):
             pool_name=self.pool_name,
         )
         concurrency = pool.settings.max_concurrency or DEFAULT_MAX_CONCURRENCY
-        client = hook.get_client(pool=pool, pool_size=concurrency)
+        client = hook.get_client(
+            pool=pool, pool_size=concurrency, resend_maybe_billed=self.resend_maybe_billed
+        )
         table: SqlTable | None = None
         try:
-            family = self._family(client)
+            mode = self._mode(client)
+            family = MODE_FAMILY[mode]
             builder = PromptBuilder(
                 family=family,
                 id_column=self.id_column,
@@ -205,6 +238,7 @@ class DifyBatchOperator(BaseOperator):
                 id_column=self.id_column,
                 read_columns=builder.read_columns,
                 columns=self.result_columns,
+                current_hash=builder.current_hash,
             )
             table.validate()
             table.check_unique_ids()
@@ -224,7 +258,9 @@ class DifyBatchOperator(BaseOperator):
             budget = BudgetGuard(
                 self.max_total_tokens, Decimal(self.max_total_price) if self.max_total_price else None
             )
-            call_row = make_row_caller(client, builder, user=user)
+            call_row = make_row_caller(
+                client, builder, user=user, response_mode=self.response_mode, app_mode=mode
+            )
             summary = run_table_batch(
                 table,
                 budget.wrap(call_row) if budget.active else call_row,
@@ -244,11 +280,20 @@ class DifyBatchOperator(BaseOperator):
             if table is not None:
                 table.close()
         result = summary.to_dict()
+        if self.redo == "changed":
+            result["skipped_unchanged"] = table.skipped_unchanged if table is not None else 0
+        self._summary = result
         context["ti"].xcom_push(key="summary", value=result)
+        if summary.stopped == "killed":
+            raise DifyBatchKilledError(
+                f"Killed: {summary.processed:,} finished row(s) saved, "
+                f"{summary.rows_selected - summary.processed:,} left pending for the next try."
+            )
         if summary.stopped == "budget":
             self.log.warning(
                 "Stopped on budget (%s): %s rows left pending; raise the cap or re-run to continue.",
-                budget.reason, f"{summary.rows_selected - summary.processed:,}",
+                budget.reason,
+                f"{summary.rows_selected - summary.processed:,}",
             )
         if summary.failed_ratio() > self.max_failed_ratio:
             raise DifyBatchFailedError(
@@ -256,6 +301,9 @@ class DifyBatchOperator(BaseOperator):
                 f"({summary.failed_ratio():.1%} > max_failed_ratio {self.max_failed_ratio:.1%}); "
                 f"most common errors: {summary.top_errors()}. Results are saved; re-run to retry failed rows."
             )
+        for outlet in self.outlets:
+            if isinstance(outlet, Asset):  # consumers (e.g. a cost report) read the totals from the event
+                context["outlet_events"][outlet].extra = dict(result)
         return result
 
     def _shard(self) -> tuple[int, int] | None:
@@ -269,4 +317,15 @@ class DifyBatchOperator(BaseOperator):
         return index, count
 
     def on_kill(self) -> None:
+        """Stop starting calls. Airflow 3 calls this from its SIGTERM handler while execute() runs:
+        execute() then saves the calls in flight and raises DifyBatchKilledError."""
         self._stop.stop("killed")
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the table as input and output, the run summary as a run facet."""
+        try:
+            ref = table_ref(BaseHook.get_connection(self.sql_conn_id), self.table)
+        except Exception as err:  # lineage must never fail a finished task
+            self.log.warning("No OpenLineage datasets for %s: %s", self.table, type(err).__name__)
+            return None
+        return operator_lineage(ref, self._summary)

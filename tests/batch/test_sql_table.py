@@ -207,7 +207,8 @@ def test_redo_modes(db: Backend) -> None:
         assert _ids(table, 2, redo=redo) == ids, redo
     rows = [row for chunk in table.iter_chunks(10, redo="all") for row in chunk]
     assert [r[STATUS_KEY] for r in rows[:3]] == ["succeeded", "succeeded", "failed"]
-    with pytest.raises(ValueError, match=r"redo: 'everything' is not one of \['pending', 'failed', 'all'\]"):
+    modes = r"\['pending', 'failed', 'all', 'changed'\]"
+    with pytest.raises(ValueError, match=rf"redo: 'everything' is not one of {modes}"):
         table.count_todo(redo="everything")
     with pytest.raises(ValueError, match="redo"):
         table.iter_chunks(10, redo="none")  # raised at the call, not at the first next()

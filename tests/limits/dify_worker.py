@@ -20,8 +20,13 @@ def main(cfg: dict) -> None:
         cfg["backend"],
         PoolSettings(key=cfg["key"], max_concurrency=cfg["cap"], requests_per_minute=cfg["rpm"]),
     )
-    client = DifyClient(cfg["url"], cfg["api_key"], pool=pool, pool_size=cfg["threads"],
-                        retry=RetryPolicy(max_attempts=3, initial_wait=0.05))
+    client = DifyClient(
+        cfg["url"],
+        cfg["api_key"],
+        pool=pool,
+        pool_size=cfg["threads"],
+        retry=RetryPolicy(max_attempts=3, initial_wait=0.05),
+    )
     end = cfg["t0"] + cfg["duration"]
 
     def work(n: int) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from airflow_dify.client import DifyClient, RetryPolicy
 from airflow_dify.limits import PoolSettings, open_pool
-from airflow_dify.testing import Fault, FakeDify
+from airflow_dify.testing import FakeDify, Fault
 from tests.conftest import REDIS_URL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,10 +27,25 @@ def _run_workers(fake: FakeDify, backend: str, processes: int = 4, threads: int 
     key = f"it-{uuid.uuid4().hex[:8]}"
     procs = []
     for w in range(processes):
-        cfg = {"backend": backend, "key": key, "cap": CAP, "rpm": RPM * 0.97, "url": fake.url,
-               "api_key": fake.app("chat").key, "threads": threads, "t0": t0, "duration": DURATION, "worker": w}
-        procs.append(subprocess.Popen([sys.executable, "-m", "tests.limits.dify_worker", json.dumps(cfg)],
-                                      cwd=ROOT, start_new_session=True))
+        cfg = {
+            "backend": backend,
+            "key": key,
+            "cap": CAP,
+            "rpm": RPM * 0.97,
+            "url": fake.url,
+            "api_key": fake.app("chat").key,
+            "threads": threads,
+            "t0": t0,
+            "duration": DURATION,
+            "worker": w,
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.limits.dify_worker", json.dumps(cfg)],
+                cwd=ROOT,
+                start_new_session=True,
+            )
+        )
     try:
         for p in procs:
             assert p.wait(timeout=DURATION + 30) == 0

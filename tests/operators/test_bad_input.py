@@ -32,8 +32,13 @@ def test_bad_rows_fail_alone_with_specific_errors(sqlite_db: SqlDb, fake_dify: F
         db.execute(f"INSERT INTO {table} VALUES (6, CAST(X'666FFF6F' AS TEXT))")
         db.commit()
     state, summary = run_batch_dag(
-        "op_bad_rows", table=table, sql_conn_id="sql_test", dify_conn_id="dify_test", app_mode="chat",
-        max_prompt_chars=500, max_failed_ratio=1.0,
+        "op_bad_rows",
+        table=table,
+        sql_conn_id="sql_test",
+        dify_conn_id="dify_test",
+        app_mode="chat",
+        max_prompt_chars=500,
+        max_failed_ratio=1.0,
     )
     assert state == "success"
     rows = {r[0]: r for r in sqlite_db.query(f"SELECT id, status, error, answer FROM {table}")}
@@ -64,7 +69,13 @@ def test_bad_names_are_rejected_at_start(
 ) -> None:
     table = unique_table()
     sqlite_db.create_prompts(table, [(1, "a"), (2, "b")])
-    args = {"table": table, "sql_conn_id": "sql_test", "dify_conn_id": "dify_test", "app_mode": "chat", **kwargs}
+    args = {
+        "table": table,
+        "sql_conn_id": "sql_test",
+        "dify_conn_id": "dify_test",
+        "app_mode": "chat",
+        **kwargs,
+    }
     state, _ = run_batch_dag("op_bad_names", **args)
     assert state == "failed"
     assert fake_dify.calls() == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from airflow_dify.client import clear_token_cache
-from airflow_dify.testing import Fault, FakeDify
+from airflow_dify.testing import FakeDify, Fault
 from tests.airflow_run import run_batch_dag
 from tests.sql_fixtures import SqlDb, unique_table
 
@@ -28,8 +28,13 @@ def test_budget_cap_stops_within_one_in_flight_window(
     sqlite_db.create_prompts(table, [(i, f"budget prompt {i:04d}") for i in range(1, 301)])
     cap, concurrency = 2_000, 4
     state, summary = run_batch_dag(
-        "op_budget", table=table, sql_conn_id="sql_test", dify_conn_id="dify_test", app_mode="chat",
-        max_concurrency=concurrency, max_total_tokens=cap,
+        "op_budget",
+        table=table,
+        sql_conn_id="sql_test",
+        dify_conn_id="dify_test",
+        app_mode="chat",
+        max_concurrency=concurrency,
+        max_total_tokens=cap,
     )
     assert state == "success"
     assert summary["stopped"] == "budget"
@@ -44,8 +49,13 @@ def test_budget_cap_stops_within_one_in_flight_window(
 
 @pytest.mark.parametrize("auth", ["api_key", "oauth2"])
 def test_no_secret_in_logs_exceptions_xcom_or_table(
-    auth: str, sqlite_db: SqlDb, fake_dify: FakeDify, monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str], airflow_home: Path,
+    auth: str,
+    sqlite_db: SqlDb,
+    fake_dify: FakeDify,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    airflow_home: Path,
 ) -> None:
     clear_token_cache()
     key = fake_dify.app("chat").key
@@ -54,8 +64,16 @@ def test_no_secret_in_logs_exceptions_xcom_or_table(
         fake_dify.add_oauth_client("leakcheck", secret, app_mode="chat")
         fake_dify.token_ttl = 1
         fake_dify.latency = 0.02
-        _conn(monkeypatch, fake_dify, extra={"auth_type": "oauth2", "token_url": fake_dify.token_url,
-                                             "client_id": "leakcheck", "client_secret": secret})
+        _conn(
+            monkeypatch,
+            fake_dify,
+            extra={
+                "auth_type": "oauth2",
+                "token_url": fake_dify.token_url,
+                "client_id": "leakcheck",
+                "client_secret": secret,
+            },
+        )
     else:
         _conn(monkeypatch, fake_dify, password=f"Bearer {key}")
     fake_dify.faults.add(Fault("status", status=500, code="internal_server_error", every=7))
@@ -65,15 +83,27 @@ def test_no_secret_in_logs_exceptions_xcom_or_table(
     sqlite_db.create_prompts(table, [(i, f"secret check {i}") for i in range(1, 81)])
     caplog.set_level(logging.DEBUG)
     state, summary = run_batch_dag(
-        f"op_secrets_{auth}", table=table, sql_conn_id="sql_test", dify_conn_id="dify_test", app_mode="chat",
-        max_concurrency=4, max_failed_ratio=0.5,
+        f"op_secrets_{auth}",
+        table=table,
+        sql_conn_id="sql_test",
+        dify_conn_id="dify_test",
+        app_mode="chat",
+        max_concurrency=4,
+        max_failed_ratio=0.5,
     )
     assert state == "success", summary
     assert summary["failed"] >= 1  # failures and retries really happened
     out, err = capfd.readouterr()
     task_logs = "".join(p.read_text(errors="replace") for p in (airflow_home / "logs").rglob("*.log"))
     haystack = "\n".join(
-        [caplog.text, out, err, task_logs, json.dumps(summary), repr(sqlite_db.query(f"SELECT * FROM {table}"))]
+        [
+            caplog.text,
+            out,
+            err,
+            task_logs,
+            json.dumps(summary),
+            repr(sqlite_db.query(f"SELECT * FROM {table}")),
+        ]
         + [repr(r.exc_info) for r in caplog.records if r.exc_info]
     )
     tokens = fake_dify.issued_tokens

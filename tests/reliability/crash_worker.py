@@ -17,10 +17,14 @@ def main(db: str, url: str, key: str, concurrency: int) -> None:
     import sqlite3
 
     builder = PromptBuilder(family="chat", id_column="id", query_column="prompt")
-    table = SqlTable(lambda: sqlite3.connect(Path(db)), "t", dialect="sqlite", read_columns=builder.read_columns)
+    table = SqlTable(
+        lambda: sqlite3.connect(Path(db)), "t", dialect="sqlite", read_columns=builder.read_columns
+    )
     table.ensure_result_columns()
     client = DifyClient(url, key, retry=FAST_RETRY)
-    run_table_batch(table, make_row_caller(client, builder, user="crash"), max_concurrency=concurrency, chunk_size=10)
+    run_table_batch(
+        table, make_row_caller(client, builder, user="crash"), max_concurrency=concurrency, chunk_size=10
+    )
 
 
 if __name__ == "__main__":

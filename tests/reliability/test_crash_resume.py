@@ -37,8 +37,15 @@ def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
     make_table(db, N)
     with FakeDify(latency=0.05) as fake:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.reliability.crash_worker", str(db), fake.url, fake.app("chat").key,
-             str(CONCURRENCY)],
+            [
+                sys.executable,
+                "-m",
+                "tests.reliability.crash_worker",
+                str(db),
+                fake.url,
+                fake.app("chat").key,
+                str(CONCURRENCY),
+            ],
             cwd=Path(__file__).resolve().parents[2],
             start_new_session=True,
         )

@@ -1,0 +1,1 @@
+"""Baselines: what users would run instead of DifyBatchOperator."""

@@ -1,0 +1,195 @@
+"""Where the client's CPU per row goes: a cost breakdown and a cProfile of the batch hot path.
+
+Runs inside a ``bench.worker`` process against FakeDify (latency 0) in the bench process. Each
+breakdown line is CPU µs per call of one layer measured alone, sequentially, so the layers can be
+compared: engine + SQL without HTTP, raw ``requests``, raw ``urllib3``, the full ``DifyClient``
+call, and the same with ``trust_env`` off (to price requests' per-call proxy/.netrc lookups).
+The cProfile covers every thread of a real run_table_batch (py-spy/pyinstrument are not installed).
+"""
+
+from __future__ import annotations
+
+import cProfile
+import json
+import pstats
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+GROUPS = (  # first match wins: (label, substrings of "file:line(function)")
+    ("sockets (send/recv syscalls)", ("_socket.socket", "select.poll", "socket.py")),
+    (
+        "requests: env proxies/.netrc per call",
+        (
+            "getproxies",
+            "proxy_bypass",
+            "get_environ_proxies",
+            "should_bypass",
+            "netrc",
+            "<frozen os>",
+            "_collections_abc",
+        ),
+    ),
+    ("requests: typing.Protocol isinstance", ("typing.py",)),
+    ("requests (prepare/merge/adapters)", ("requests/",)),
+    ("urllib3 (pool, connection)", ("urllib3/",)),
+    ("http.client + email header parsing", ("http/client.py", "email/", "urllib/parse.py")),
+    ("json encode/decode", ("json/",)),
+    ("tenacity + retry policy (new Random per call)", ("tenacity/", "retry.py", "random.py", "Random.seed")),
+    ("airflow_dify.client (parse, usage, Decimal)", ("airflow_dify/client/",)),
+    ("airflow_dify.limits", ("airflow_dify/limits/",)),
+    ("engine + SQL (airflow_dify.batch, sqlite3)", ("airflow_dify/batch/", "sqlite3")),
+    ("threads/queues/futures", ("threading.py", "queue.py", "concurrent/", "_queue", "_thread")),
+)
+
+
+def _cpu_per_call(fn: Callable[[], Any], n: int) -> float:
+    fn()  # warm up: connection, caches
+    t0 = time.process_time()
+    for _ in range(n):
+        fn()
+    return (time.process_time() - t0) / n * 1e6
+
+
+def breakdown(url: str, key: str, n: int) -> dict[str, float]:
+    """CPU µs per call for each layer, one thread, keep-alive connection, latency-0 server."""
+    import requests
+    import urllib3
+
+    from airflow_dify.client import DifyClient
+    from airflow_dify.client.retry import RetryPolicy, call_with_retries
+
+    body = {
+        "query": "Question #1: ok?",
+        "inputs": {},
+        "user": "bench",
+        "response_mode": "blocking",
+        "auto_generate_name": False,
+    }
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    out: dict[str, float] = {}
+    session = requests.Session()
+    out["requests.Session.post + .json()"] = _cpu_per_call(
+        lambda: session.post(f"{url}/chat-messages", json=body, headers=headers).json(), n
+    )
+    session.trust_env = False
+    out["requests.Session.post + .json(), trust_env=False"] = _cpu_per_call(
+        lambda: session.post(f"{url}/chat-messages", json=body, headers=headers).json(), n
+    )
+    session.close()
+    http = urllib3.PoolManager(maxsize=4)
+    payload = json.dumps(body).encode()
+    out["urllib3.PoolManager.request + json.loads"] = _cpu_per_call(
+        lambda: json.loads(http.request("POST", f"{url}/chat-messages", body=payload, headers=headers).data),
+        n,
+    )
+    http.clear()
+    client = DifyClient(url, key, pool_size=4)
+    out["DifyClient.call (as shipped)"] = _cpu_per_call(
+        lambda: client.call("chat", query="Question #1: ok?", user="bench"), n
+    )
+    client._transport.session.trust_env = False  # measurement only: prices the suggested change
+    out["DifyClient.call, session.trust_env=False"] = _cpu_per_call(
+        lambda: client.call("chat", query="Question #1: ok?", user="bench"), n
+    )
+    client.close()
+    policy = RetryPolicy()
+    out["call_with_retries(tenacity) around a no-op"] = _cpu_per_call(
+        lambda: call_with_retries(policy, "noop", lambda: None), n
+    )
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def engine_sql_only(spec: dict[str, Any], result: Any) -> float:
+    """CPU µs per row of run_table_batch + SQL read/write when every call returns a canned result."""
+    from airflow_dify.batch.calls import outcome_from_result
+    from airflow_dify.batch.runner import run_table_batch
+    from bench.worker import open_batch
+
+    pool, client, table, _ = open_batch(spec)
+    table.ensure_result_columns()
+    t0 = time.process_time()
+    summary = run_table_batch(
+        table,
+        lambda row: outcome_from_result(row["id"], result),
+        max_concurrency=int(spec["max_concurrency"]),
+    )
+    cpu = time.process_time() - t0
+    client.close()
+    table.close()
+    return round(cpu / max(summary.processed, 1) * 1e6, 1)
+
+
+def _group(key: tuple[str, int, str]) -> str:
+    where = f"{key[0]}:{key[1]}({key[2]})"
+    for label, needles in GROUPS:
+        if any(n in where for n in needles):
+            return label
+    return "other"
+
+
+def profiled_batch(spec: dict[str, Any], top: int = 20) -> dict[str, Any]:
+    """cProfile every thread of one run_table_batch (main thread + one profiler per worker thread)."""
+    from airflow_dify.batch.runner import run_table_batch
+    from bench.worker import open_batch
+
+    pool, client, table, call_row = open_batch(spec)
+    table.ensure_result_columns()
+    profiles: dict[int, cProfile.Profile] = {}
+    lock = threading.Lock()
+
+    def profiled(row: Any) -> Any:
+        ident = threading.get_ident()
+        prof = profiles.get(ident)
+        if prof is None:
+            with lock:
+                prof = profiles[ident] = cProfile.Profile()
+        return prof.runcall(call_row, row)
+
+    main = cProfile.Profile()
+    main.enable()
+    summary = run_table_batch(table, profiled, max_concurrency=int(spec["max_concurrency"]))
+    main.disable()
+    client.close()
+    table.close()
+    stats = pstats.Stats(main, *profiles.values())
+    rows = max(summary.processed, 1)
+    groups: dict[str, float] = defaultdict(float)
+    entries = []
+    for key, (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        if "method 'get' of '_queue.SimpleQueue'" in key[2] or "acquire' of '_thread.lock" in key[2]:
+            continue  # idle waiting in the main thread / pool threads, not CPU
+        groups[_group(key)] += tottime
+        entries.append(
+            (tottime, ncalls, cumtime, f"{key[0].rsplit('site-packages/', 1)[-1]}:{key[1]}({key[2]})")
+        )
+    entries.sort(reverse=True)
+    total = sum(groups.values()) or 1.0
+    return {
+        "rows": summary.processed,
+        "note": "cProfile inflates absolute times; use the shares, and the breakdown for µs",
+        "groups_share": {k: round(v / total, 3) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
+        "top_tottime": [
+            {
+                "function": name,
+                "calls_per_row": round(nc / rows, 2),
+                "tottime_us_per_row": round(t / rows * 1e6, 1),
+            }
+            for t, nc, _c, name in entries[:top]
+        ],
+    }
+
+
+def profile_client(spec: dict[str, Any]) -> dict[str, Any]:
+    from airflow_dify.client import DifyClient
+
+    client = DifyClient(spec["url"], spec["key"])
+    sample = client.call("chat", query="Question #0: ok?", user="bench")
+    client.close()
+    return {
+        "breakdown_cpu_us_per_call": breakdown(spec["url"], spec["key"], int(spec["calls"])),
+        "engine_sql_only_cpu_us_per_row": engine_sql_only({**spec, "db": spec["db_engine"]}, sample),
+        "cprofile": profiled_batch(spec),
+    }

@@ -1,0 +1,135 @@
+"""``python -m bench.worker '<json spec>'``: one client workload in its own process.
+
+Kept apart from the server so the CPU time and peak RSS it reports are the client's alone.
+Prints ``BENCH_RESULT {json}`` as its last result line (see bench.common.collect_worker).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sqlite3
+import sys
+import time
+from typing import Any
+
+from bench.common import RESULT_PREFIX
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def open_batch(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """(pool, client, table, call_row) for the Airflow-free batch path, as the operator builds them."""
+    from airflow_dify.batch.calls import make_row_caller
+    from airflow_dify.batch.rows import PromptBuilder
+    from airflow_dify.batch.sql_table import SqlTable
+    from airflow_dify.client import DifyClient
+    from airflow_dify.limits import PoolSettings, open_pool
+
+    concurrency = int(spec["max_concurrency"])
+    settings = PoolSettings(
+        key=spec.get("pool_key", "bench"),
+        max_concurrency=spec.get("pool_concurrency"),
+        requests_per_minute=spec.get("rpm"),
+    )
+    pool = open_pool(spec.get("backend", "memory"), settings)
+    client = DifyClient(spec["url"], spec["key"], pool=pool, pool_size=concurrency)
+    builder = PromptBuilder(family="chat", id_column="id", query_column="prompt")
+    db_path = spec["db"]
+    table = SqlTable(
+        lambda: sqlite3.connect(db_path, timeout=30),
+        spec.get("table", "prompts"),
+        dialect="sqlite",
+        read_columns=builder.read_columns,
+    )
+    return pool, client, table, make_row_caller(client, builder, user="bench")
+
+
+def run_batch(spec: dict[str, Any]) -> dict[str, Any]:
+    """run_table_batch over the table; CPU and wall time cover the batch, not imports and setup."""
+    from airflow_dify.batch.runner import run_table_batch
+
+    pool, client, table, call_row = open_batch(spec)
+    try:
+        table.ensure_result_columns()
+        start_at = spec.get("start_at")
+        late = 0.0
+        if start_at is not None:  # a shared start for processes that booted at different speeds
+            wait = start_at - time.time()
+            if wait > 0:
+                time.sleep(min(wait, 60.0))
+            late = max(0.0, time.time() - start_at)
+        wall0, cpu0, t0 = time.time(), _cpu(), time.perf_counter()
+        shard = spec.get("shard")
+        summary = run_table_batch(
+            table,
+            call_row,
+            max_concurrency=int(spec["max_concurrency"]),
+            chunk_size=int(spec.get("chunk_size", 100)),
+            shard=tuple(shard) if shard else None,
+            progress_seconds=3600,
+        )
+        elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
+    finally:
+        client.close()
+        pool.close()
+        table.close()
+    processed = summary.processed
+    return {
+        "rows": processed,
+        "succeeded": summary.succeeded,
+        "failed": summary.failed,
+        "error_codes": dict(summary.error_codes),
+        "wall_seconds": round(elapsed, 4),
+        "cpu_seconds": round(cpu, 4),
+        "cpu_us_per_row": round(cpu / processed * 1e6, 1) if processed else None,
+        "rows_per_second": round(processed / elapsed, 2) if elapsed > 0 else None,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "started_wall": wall0,
+        "ended_wall": time.time(),
+        "late_seconds": round(late, 4),
+    }
+
+
+def run_seed(spec: dict[str, Any]) -> dict[str, Any]:
+    from bench.baselines.seed_loop import run_seed_loop
+
+    result = run_seed_loop(spec["url"], spec["key"], spec["db"], max_requests=int(spec["seed_rpm"]))
+    result["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    return result
+
+
+def run_airflow(spec: dict[str, Any]) -> dict[str, Any]:
+    from bench.baselines.airflow_dags import run_dags
+
+    result = run_dags(spec)
+    result["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    return result
+
+
+def run_profile(spec: dict[str, Any]) -> dict[str, Any]:
+    from bench.profile import profile_client
+
+    return profile_client(spec)
+
+
+KINDS = {"batch": run_batch, "seed_loop": run_seed, "airflow_dags": run_airflow, "profile": run_profile}
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(argv[0])
+    result = KINDS[spec["kind"]](spec)
+    sys.stdout.flush()
+    print(RESULT_PREFIX + json.dumps(result, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

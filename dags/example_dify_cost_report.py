@@ -1,0 +1,84 @@
+"""Daily Dify cost report for finance: usage of answered tables -> summary table + PNG chart.
+
+Reads the usage columns that ``DifyBatchOperator`` wrote (tokens, ``total_price``, ``currency``,
+``latency_ms``, ``status``, ``answered_at``) from one or more answered tables and writes one row
+per UTC day, table, app and currency into ``summary_table``: rows, succeeded/failed counts,
+prompt/completion/total tokens, exact Decimal price total, p50/p95 latency. Re-running replaces
+the reported range (idempotent). The chart (tokens and cost per day, stacked by table or app) is
+written to ``chart_path``.
+
+Trigger with a config to change the defaults, e.g.::
+
+    airflow dags trigger example_dify_cost_report --conf '{"tables": {"support_tickets": "classifier"}}'
+
+Params:
+- ``sql_conn_id``: the SQL connection holding the answered tables (and the summary table).
+- ``tables``: ``{"table": "app label", ...}`` or a list of table names.
+- ``summary_table``: where the daily rows go (created when missing).
+- ``days_back``: report only the last N UTC days (including today); null = every day.
+- ``chart_path``: PNG path; empty = ``$AIRFLOW_HOME/reports/<summary_table>.png``.
+- ``stack_by``: ``table_name`` or ``app``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, Param, task
+
+with DAG(
+    dag_id="example_dify_cost_report",
+    schedule=None,
+    start_date=dt.datetime(2026, 1, 1),
+    catchup=False,
+    tags=["dify", "example", "finance"],
+    doc_md=__doc__,
+    params={
+        "sql_conn_id": Param("support_db", type="string"),
+        "tables": Param({"support_tickets": "ticket-classifier"}, type=["object", "array"]),
+        "summary_table": Param("dify_cost_daily", type="string"),
+        "days_back": Param(None, type=["null", "integer"], minimum=1),
+        "chart_path": Param("", type="string"),
+        "stack_by": Param("table_name", enum=["table_name", "app"]),
+    },
+) as dag:
+
+    @task
+    def cost_report(params: dict[str, Any] | None = None) -> dict[str, Any]:
+        from airflow.sdk import BaseHook
+
+        from airflow_dify.report.chart import render_cost_chart
+        from airflow_dify.report.cost import CostReport
+        from airflow_dify.report.usage import totals
+
+        assert params is not None
+        hook = BaseHook.get_connection(params["sql_conn_id"]).get_hook()
+        conn_type = getattr(hook, "conn_type", "") or ""
+        dialect = {"sqlite": "sqlite", "postgres": "postgres", "postgresql": "postgres"}.get(
+            conn_type, "generic"
+        )
+        since = None
+        if params.get("days_back"):
+            since = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=int(params["days_back"]) - 1)
+        chart_path = params.get("chart_path") or str(
+            Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser()
+            / "reports"
+            / f"{params['summary_table']}.png"
+        )
+        with CostReport(hook.get_conn, dialect=dialect, summary_table=params["summary_table"]) as report:
+            report.run(params["tables"], since=since)
+            names = list(params["tables"])
+            stored = report.load(names, since=since)
+        png = render_cost_chart(stored, chart_path, stack_by=params["stack_by"])
+        return {
+            **totals(stored),
+            "summary_table": params["summary_table"],
+            "summary_rows": len(stored),
+            "days": len({r.date for r in stored}),
+            "chart_path": str(png),
+        }
+
+    cost_report()

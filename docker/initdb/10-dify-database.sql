@@ -1,0 +1,2 @@
+-- The prompts table lives in its own database, as in the native system test (tests/system).
+CREATE DATABASE dify;

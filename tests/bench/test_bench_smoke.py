@@ -1,0 +1,81 @@
+"""The bench at tiny sizes (seconds, no thresholds), so it cannot rot: every scenario runs through
+the real CLI, against real FakeDify / SQLite / Redis / dag.test(), and writes the results shape."""
+
+from __future__ import annotations
+
+import json
+from numbers import Number
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.run import main
+
+
+@pytest.fixture(autouse=True)
+def _work_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_DIFY_BENCH_WORK", str(tmp_path / "work"))
+
+
+def run_bench(tmp_path: Path, *args: str) -> dict[str, Any]:
+    out = tmp_path / "results.json"
+    code = main(["--smoke", "--out", str(out), *args])
+    report = json.loads(out.read_text())
+    errors = {k: v["error"] for k, v in report["scenarios"].items() if "error" in v}
+    assert code == 0 and not errors, errors
+    assert {"cores", "python", "airflow"} <= report["machine"].keys()
+    for data in report["scenarios"].values():
+        assert data["machine"] == report["machine"]
+    return report
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, Number) and not isinstance(value, bool) and value > 0
+
+
+def test_bound_cost_memory(tmp_path: Path) -> None:
+    report = run_bench(tmp_path, "--scenarios", "bound,cost,memory")
+    s = report["scenarios"]
+    for variant in ("limited", "unlimited"):
+        run = s["bound"][variant]
+        assert positive(run["bound_ratio"]) and run["client"]["succeeded"] == s["bound"]["rows"]
+        assert run["server"]["admitted"] == s["bound"]["rows"]
+    assert s["bound"]["limited"]["server"]["windows_over_60s"] >= 0
+    assert positive(s["cost"]["cpu_us_per_row"]) and positive(s["cost"]["rows_per_second"])
+    profile = s["cost"]["profile"]
+    assert all(positive(v) for v in profile["breakdown_cpu_us_per_call"].values())
+    assert positive(profile["engine_sql_only_cpu_us_per_row"]) and profile["cprofile"]["top_tottime"]
+    assert [r["rows"] for r in s["memory"]["runs"]] == [200, 1000]
+    assert all(r["succeeded"] == r["rows"] and positive(r["peak_rss_mb"]) for r in s["memory"]["runs"])
+    assert positive(s["memory"]["rss_ratio"])
+    metrics = {t["metric"] for t in report["targets"]}
+    assert "client CPU us/row" in metrics and "limited: achieved/bound" in metrics
+
+
+@pytest.mark.redis
+def test_shared_pool_sqlite_and_redis(tmp_path: Path) -> None:
+    report = run_bench(tmp_path, "--scenarios", "pool")
+    pool = report["scenarios"]["pool"]
+    for backend in ("sqlite", "redis"):
+        assert "error" not in pool[backend], pool[backend]
+        assert pool[backend]["succeeded"] == pool["rows"]
+        assert positive(pool[backend]["achieved_over_limit"])
+        assert (
+            sorted(pool[backend]["per_process_rows"])
+            and sum(pool[backend]["per_process_rows"]) == pool["rows"]
+        )
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_baselines_seed_task_per_row_operator(tmp_path: Path, airflow_home: Path) -> None:
+    report = run_bench(
+        tmp_path, "--scenarios", "baselines", "--airflow-home", str(airflow_home), "--no-migrate"
+    )
+    b = report["scenarios"]["baselines"]
+    for name in ("seed_loop", "task_per_row", "operator"):
+        assert b[name]["succeeded"] == b["rows"], name
+        assert positive(b[name]["rows_per_second"])
+    assert b["task_per_row"]["task_instances"] == b["rows"] + 1
+    assert b["operator"]["summary"]["succeeded"] == b["rows"]
+    assert all(positive(v) for v in b["ratios"].values())

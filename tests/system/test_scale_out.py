@@ -1,0 +1,302 @@
+"""Scale-out on Airflow's own engines: dags/example_dify_sharded.py on a real Airflow.
+
+A real scheduler, dag-processor and api-server (PostgreSQL metadata DB, a fresh database per run)
+run the sharded DAG twice: (a) LocalExecutor, parallelism 4; (b) CeleryExecutor, Redis broker,
+2 ``airflow celery worker`` processes with concurrency 2. FakeDify runs in this process with a
+server-side RPM limit and concurrency cap; the Dify connection declares a budget slightly under
+them and shares it through Redis. Each phase checks: the run succeeded, every row was answered
+exactly once (table status and FakeDify's request log), no 429, no 60 s window over the limit,
+concurrency within the cap, and the achieved rate (first to last admitted request) >= 90 % of the
+limit. Every process is stopped by process group in ``finally`` and the test fails if any is left.
+
+Run alone: ``.venv/bin/pytest tests/system/test_scale_out.py -s`` (prints the measured numbers;
+``DIFY_SYSTEM_REPORT=path`` also appends them to a file).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from airflow_dify.testing import FakeDify
+from scripts.system_seed import prompt_for, seed
+from tests.system.airflow_api import AirflowApi, wait_for
+from tests.system.airflow_env import (
+    BROKER_DB,
+    DAG_FILE,
+    DAG_ID,
+    POOL,
+    POOL_SLOTS,
+    RATE_LIMIT_DB,
+    Budget,
+    airflow_env,
+    dify_connection,
+    new_keys,
+    sql_connection,
+)
+from tests.system.processes import Processes
+
+pytestmark = [pytest.mark.system, pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(480)]
+
+ROOT = Path(__file__).resolve().parents[2]
+#: More rows than one minute's budget, so the 60 s window check can actually fail.
+ROWS = 1300
+TABLE = "dify_prompts"
+TASK_ID = "answer_shard"
+RATE_LIMIT_REDIS = f"redis://127.0.0.1:6379/{RATE_LIMIT_DB}"
+CELERY_BROKER = f"redis://127.0.0.1:6379/{BROKER_DB}"
+STARTUP_TIMEOUT = 150.0
+RUN_TIMEOUT = 240.0
+GENERATION_PATHS = {"/chat-messages", "/completion-messages", "/workflows/run"}
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg(dbname: str = "postgres"):
+    import psycopg
+
+    return psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname=dbname, autocommit=True)
+
+
+@dataclass(frozen=True)
+class Metadata:
+    meta_db: str
+    data_db: str
+    home: Path
+    dags: Path
+    keys: dict[str, str]
+
+    @property
+    def data_dsn(self) -> str:
+        return f"host=127.0.0.1 port=5432 user=postgres dbname={self.data_db}"
+
+
+def base_env() -> dict[str, str]:
+    """This process's environment minus its own Airflow settings (tests/conftest.py sets some)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "DIFY_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+@pytest.fixture(scope="module")
+def metadata(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Metadata]:
+    """Fresh metadata + data databases, migrated once for both executors, dropped afterwards."""
+    tag = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    meta = Metadata(
+        meta_db=f"airflow_sys_{tag}",
+        data_db=f"dify_sys_{tag}",
+        home=tmp_path_factory.mktemp("airflow_home"),
+        dags=tmp_path_factory.mktemp("dags"),
+        keys=new_keys(),
+    )
+    shutil.copy(ROOT / "dags" / DAG_FILE, meta.dags / DAG_FILE)
+    with closing(_pg()) as db:
+        db.execute(f"CREATE DATABASE {meta.meta_db}")
+        db.execute(f"CREATE DATABASE {meta.data_db}")
+    procs = Processes(meta.home / "setup-logs")
+    try:
+        env = {**base_env(), **phase_env(meta, "LocalExecutor", free_port(), free_port(), "{}")}
+        procs.run("db-migrate", [sys.executable, "-m", "airflow", "db", "migrate"], env, timeout=180)
+        pool_cmd = ["pools", "set", POOL, str(POOL_SLOTS), "Dify calls: at most 4 shards at once"]
+        procs.run("pools-set", [sys.executable, "-m", "airflow", *pool_cmd], env, timeout=60)
+        yield meta
+    finally:
+        left = procs.stop_all()
+        with closing(_pg()) as db:
+            db.execute(f"DROP DATABASE IF EXISTS {meta.meta_db} WITH (FORCE)")
+            db.execute(f"DROP DATABASE IF EXISTS {meta.data_db} WITH (FORCE)")
+        assert not left, f"setup processes left behind: {left}"
+
+
+def phase_env(
+    meta: Metadata, executor: str, api_port: int, log_port: int, dify_conn: str, queue: str = ""
+) -> dict[str, str]:
+    celery = None
+    if executor == "CeleryExecutor":
+        celery = {
+            "AIRFLOW__CELERY__BROKER_URL": CELERY_BROKER,
+            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://postgres@127.0.0.1:5432/{meta.meta_db}",
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+            # A queue of our own: another Airflow using the same broker db cannot steal our tasks.
+            "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queue,
+        }
+    return airflow_env(
+        home=meta.home,
+        dags=meta.dags,
+        logs=meta.home / "logs",
+        metadata_db=meta.meta_db,
+        api_port=api_port,
+        log_port=log_port,
+        executor=executor,
+        dify_conn=dify_conn,
+        sql_conn=sql_connection(meta.data_db),
+        table=TABLE,
+        keys=meta.keys,
+        celery=celery,
+    )
+
+
+def start_airflow(procs: Processes, env: dict[str, str], api_port: int, tag: str, queue: str) -> None:
+    """api-server, dag-processor, scheduler; for Celery 2 workers (started first: slowest to get ready)."""
+    airflow = [sys.executable, "-m", "airflow"]
+    if tag == "celery":
+        for i in (1, 2):
+            worker = ["celery", "worker", "-c", "2", "-q", queue, "-H", f"w{i}@dify-systest"]
+            # No log server (two workers on one host would fight over its port; logs are local files);
+            # no gossip/mingle: nothing to sync with, and they slow the start.
+            flags = ["--skip-serve-logs", "--without-gossip", "--without-mingle"]
+            procs.start(f"worker{i}", [*airflow, *worker, *flags], env)
+    api = ["api-server", "--host", "127.0.0.1", "--port", str(api_port), "--workers", "1"]
+    procs.start("api-server", [*airflow, *api], env)
+    procs.start("dag-processor", [*airflow, "dag-processor"], env)
+    procs.start("scheduler", [*airflow, "scheduler"], env)
+
+
+def forget_queue(queue: str) -> None:
+    """Drop our per-run Celery queue and its kombu bindings from the shared broker db."""
+    import redis
+
+    client = redis.Redis.from_url(CELERY_BROKER)
+    try:
+        keys = list(client.scan_iter(match=f"*{queue}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def task_log_tails(meta: Metadata, lines: int = 40) -> str:
+    out = []
+    for path in sorted((meta.home / "logs").rglob("*.log"))[-8:]:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"--- task log {path}:\n" + "\n".join(text))
+    return "\n".join(out)
+
+
+@pytest.mark.parametrize("executor", ["LocalExecutor", "CeleryExecutor"])
+def test_sharded_dag_shares_one_budget(
+    executor: str, metadata: Metadata, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    tag = "local" if executor == "LocalExecutor" else "celery"
+    budget = Budget()
+    ids = seed(metadata.data_dsn, TABLE, ROWS)
+    procs = Processes(tmp_path / "logs")
+    api_port, log_port = free_port(), free_port()
+    queue = f"dify_systest_{uuid.uuid4().hex[:8]}"
+    fake = FakeDify(
+        latency=budget.latency,
+        max_active_requests=budget.server_max_active,
+        requests_per_minute=budget.server_rpm,
+    ).start()
+    conn = dify_connection(fake.url, fake.app("chat").key, budget, RATE_LIMIT_REDIS)
+    env = {**base_env(), **phase_env(metadata, executor, api_port, log_port, conn, queue)}
+    api = AirflowApi(api_port)
+    run_id = f"systest_{tag}_{uuid.uuid4().hex[:8]}"
+    left: list[str] = []
+    try:
+        started = time.monotonic()
+        start_airflow(procs, env, api_port, tag, queue)
+        alive = procs.check_alive
+        wait_for("api-server, scheduler and dag-processor healthy", api.healthy, STARTUP_TIMEOUT, check=alive)
+        wait_for(f"DAG {DAG_ID} parsed", lambda: api.dag_ready(DAG_ID), STARTUP_TIMEOUT, check=alive)
+        if tag == "celery":
+            for name in ("worker1", "worker2"):
+                wait_for(
+                    f"{name} ready", partial(procs.log_contains, name, "ready."), STARTUP_TIMEOUT, check=alive
+                )
+        api.unpause(DAG_ID)
+        startup = time.monotonic() - started
+        api.trigger(DAG_ID, run_id)
+
+        def finished() -> str | None:
+            state = api.run_state(DAG_ID, run_id)
+            return state if state in ("success", "failed") else None
+
+        state = wait_for("the DAG run to finish", finished, RUN_TIMEOUT, interval=2, check=alive)
+        run_seconds = time.monotonic() - started - startup
+        tis = api.task_instances(DAG_ID, run_id)
+        assert state == "success", (
+            f"run {run_id} ended {state}: {[(t['map_index'], t['state']) for t in tis]}"
+        )
+        summaries = [api.xcom(DAG_ID, run_id, TASK_ID, "return_value", i) for i in range(4)]
+        events = api.asset_events(run_id)
+        worker_tasks = {
+            n: (procs.log_dir / f"{n}.log").read_text(errors="replace").count("] received")
+            for n in ("worker1", "worker2")
+            if tag == "celery"
+        }
+    except BaseException:
+        print(f"\n===== {executor} phase failed; component logs =====\n{procs.tails()}")
+        print(task_log_tails(metadata))
+        raise
+    finally:
+        left = procs.stop_all()
+        fake.stop()
+        forget_queue(queue)
+    assert not left, f"processes left behind: {left}"
+
+    # Airflow side: 4 mapped shards, all in the pool, each with its share of the rows.
+    assert sorted((t["map_index"], t["state"], t["pool"]) for t in tis) == [
+        (i, "success", POOL) for i in range(4)
+    ]
+    per_shard = Counter(((i % 4) + 4) % 4 for i in ids)
+    assert [s["rows_selected"] for s in summaries] == [per_shard[i] for i in range(4)]
+    assert sum(s["succeeded"] for s in summaries) == ROWS and sum(s["failed"] for s in summaries) == 0
+    assert len(events) == 4, events  # one asset event per mapped shard
+    assert {e["uri"] for e in events} == {f"dify://answers/{TABLE}"}
+    if tag == "celery":
+        # concurrency 2 + acks_late: no worker can hold all 4 shards, so both must have run some.
+        assert all(count >= 1 for count in worker_tasks.values()), worker_tasks
+
+    # The table: every row answered, once.
+    with closing(_pg(metadata.data_db)) as db:
+        rows = db.execute(f"SELECT id, status, attempts, answer FROM {TABLE}").fetchall()
+    assert len(rows) == ROWS
+    assert Counter(r[1] for r in rows) == {"succeeded": ROWS}
+    assert all(r[2] == 1 and r[3] for r in rows)
+
+    # FakeDify's log: each prompt asked exactly once, nothing rejected.
+    records = [r for r in fake.requests if r.path in GENERATION_PATHS]
+    asked = Counter(r.body["query"] for r in records)
+    assert asked == Counter({prompt_for(i): 1 for i in ids}), "some prompt was asked twice or never"
+    assert all(r.status == 200 for r in records)
+    stats = fake.stats()
+    starts = sorted(r.started for r in records)
+    rate = (len(starts) - 1) / (starts[-1] - starts[0]) * 60
+    report = (
+        f"SYSTEM {executor}: rows={ROWS} limit={budget.server_rpm} rpm (budget {budget.conn_rpm}) "
+        f"achieved={rate:.0f} rpm ({rate / budget.server_rpm:.1%}) over {starts[-1] - starts[0]:.1f}s; "
+        f"worst_1s={stats['worst_1s']} worst_60s={stats['worst_60s']} "
+        f"max_concurrency_seen={stats['max_concurrency_seen']} (cap {budget.conn_max_concurrency}) "
+        f"429s={stats['rejected_429']}; startup={startup:.0f}s run={run_seconds:.0f}s "
+        f"worker_tasks={worker_tasks or '-'} escaped_group={len(procs.escaped)}"
+    )
+    print("\n" + report)
+    record_property("measurement", report)  # lands in --junitxml reports too
+    if os.environ.get("DIFY_SYSTEM_REPORT"):
+        with open(os.environ["DIFY_SYSTEM_REPORT"], "a") as out:
+            out.write(report + "\n")
+    assert stats["rejected_429"] == 0, report
+    assert stats["worst_60s"] <= budget.server_rpm, report
+    # GCRA with a one-request burst allows rpm/60 + 1 per second; the rest is delivery jitter.
+    assert stats["worst_1s"] <= math.ceil(budget.conn_rpm / 60 * 1.5), report
+    assert stats["max_concurrency_seen"] <= budget.conn_max_concurrency, report
+    assert rate >= 0.9 * budget.server_rpm, report
