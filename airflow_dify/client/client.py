@@ -14,6 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -242,9 +243,14 @@ class DifyClient:
         ctx = self._ctx(path.lstrip("/"))
         headers = _trace_headers(trace_id)
         streaming = body["response_mode"] == "streaming"
-        estimate = self.completion_token_estimate
+        # Reserve prompt (~4 characters per token) + expected completion; settled to the real count.
+        text = len(body.get("query") or "") + sum(len(str(v)) for v in (body.get("inputs") or {}).values())
+        estimate = self.completion_token_estimate + text // 4
+        attempts = 0
 
         def attempt() -> DifyResult:
+            nonlocal attempts
+            attempts += 1
             permit = self.pool.acquire(estimate)
             used: int | None = estimate
             try:
@@ -257,7 +263,7 @@ class DifyClient:
                     result = _parse(family, data, _ms(started))
                 total = result.usage.total_tokens
                 used = total if total is not None else estimate
-                return result
+                return replace(result, attempts=attempts) if attempts > 1 else result
             except DifyError as err:
                 used = self._charge_for(err)
                 if isinstance(err, DifyRateLimitError):

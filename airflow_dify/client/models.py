@@ -96,6 +96,8 @@ class DifyResult:
     status: str = "succeeded"
     latency_ms: int | None = None
     created_at: int | None = None
+    #: HTTP attempts this call took (1 = no retry); set by the client.
+    attempts: int = 1
 
     @classmethod
     def from_message(cls, body: dict[str, Any], *, mode: str, latency_ms: int | None = None) -> DifyResult:

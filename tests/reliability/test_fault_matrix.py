@@ -56,6 +56,7 @@ def test_transient_faults_are_retried_to_success(name: str, db: Path) -> None:
         faulted = [r for r in fake.requests if r.fault]
         assert faulted, "the fault never fired"
         assert fake.calls() == N + len(faulted)
+        assert sum(r["attempts"] for r in table_rows(db).values()) == N + len(faulted)  # retries recorded
         if fault.kind == "retry_after":
             assert time.monotonic() - started >= 1.0  # Retry-After honoured
 
