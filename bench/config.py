@@ -23,8 +23,8 @@ class BenchConfig:
     cost_rows: int = 20_000
     cost_concurrency: int = 16
     profile: bool = True
-    profile_rows: int = 3000
-    profile_calls: int = 1500
+    profile_rows: int = 2000
+    profile_calls: int = 500
     # 3. memory in table size
     memory_rows: tuple[int, ...] = (10_000, 100_000)
     memory_concurrency: int = 16

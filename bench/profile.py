@@ -45,6 +45,29 @@ GROUPS = (  # first match wins: (label, substrings of "file:line(function)")
 )
 
 
+INCLUSIVE = (  # (label, file suffix, function): CPU per row including everything each one calls
+    ("call_row (one row: build + client call + outcome)", "airflow_dify/batch/calls.py", "call_row"),
+    ("  DifyClient.call", "airflow_dify/client/client.py", "call"),
+    ("    tenacity Retrying() built per call", "airflow_dify/client/retry.py", "retrying"),
+    ("    requests Session.request", "requests/sessions.py", "request"),
+    (
+        "      merge_environment_settings (env proxies, CA)",
+        "requests/sessions.py",
+        "merge_environment_settings",
+    ),
+    ("      prepare_request (headers, auth, cookies)", "requests/sessions.py", "prepare_request"),
+    ("      HTTPAdapter.send", "requests/adapters.py", "send"),
+    ("        should_bypass_proxies (env no_proxy)", "requests/utils.py", "should_bypass_proxies"),
+    ("        urllib3 urlopen (socket I/O, http.client)", "urllib3/connectionpool.py", "urlopen"),
+    ("    json_body (decode, status checks)", "airflow_dify/client/responses.py", "json_body"),
+    ("    _parse -> DifyResult (usage, Decimal)", "airflow_dify/client/client.py", "_parse"),
+    ("  PromptBuilder.build", "airflow_dify/batch/rows.py", "build"),
+    ("  outcome_from_result", "airflow_dify/batch/calls.py", "outcome_from_result"),
+    ("SqlTable.write_results (per chunk)", "airflow_dify/batch/sql_table.py", "write_results"),
+    ("SqlTable._pages (reads)", "airflow_dify/batch/sql_table.py", "_pages"),
+)
+
+
 def _cpu_per_call(fn: Callable[[], Any], n: int) -> float:
     fn()  # warm up: connection, caches
     t0 = time.process_time()
@@ -130,12 +153,16 @@ def _group(key: tuple[str, int, str]) -> str:
     return "other"
 
 
-def profiled_batch(spec: dict[str, Any], top: int = 20) -> dict[str, Any]:
-    """cProfile every thread of one run_table_batch (main thread + one profiler per worker thread)."""
+def profiled_batch(
+    spec: dict[str, Any], call_row: Callable[[Any], Any] | None = None, top: int = 20
+) -> dict[str, Any]:
+    """cProfile every thread of one run_table_batch: the main thread plus one profiler per pool
+    thread, each timed by its own thread's CPU clock, so blocking in recv/sleep costs nothing."""
     from airflow_dify.batch.runner import run_table_batch
     from bench.worker import open_batch
 
-    pool, client, table, call_row = open_batch(spec)
+    pool, client, table, real_call = open_batch(spec)
+    call = call_row or real_call
     table.ensure_result_columns()
     profiles: dict[int, cProfile.Profile] = {}
     lock = threading.Lock()
@@ -145,10 +172,10 @@ def profiled_batch(spec: dict[str, Any], top: int = 20) -> dict[str, Any]:
         prof = profiles.get(ident)
         if prof is None:
             with lock:
-                prof = profiles[ident] = cProfile.Profile()
-        return prof.runcall(call_row, row)
+                prof = profiles[ident] = cProfile.Profile(time.thread_time)
+        return prof.runcall(call, row)
 
-    main = cProfile.Profile()
+    main = cProfile.Profile(time.thread_time)
     main.enable()
     summary = run_table_batch(table, profiled, max_concurrency=int(spec["max_concurrency"]))
     main.disable()
@@ -159,17 +186,25 @@ def profiled_batch(spec: dict[str, Any], top: int = 20) -> dict[str, Any]:
     groups: dict[str, float] = defaultdict(float)
     entries = []
     for key, (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        if "method 'get' of '_queue.SimpleQueue'" in key[2] or "acquire' of '_thread.lock" in key[2]:
-            continue  # idle waiting in the main thread / pool threads, not CPU
         groups[_group(key)] += tottime
-        entries.append(
-            (tottime, ncalls, cumtime, f"{key[0].rsplit('site-packages/', 1)[-1]}:{key[1]}({key[2]})")
-        )
+        name = f"{key[0].rsplit('site-packages/', 1)[-1]}:{key[1]}({key[2]})"
+        entries.append((tottime, ncalls, cumtime, name))
     entries.sort(reverse=True)
     total = sum(groups.values()) or 1.0
+    inclusive = {}
+    for label, suffix, func in INCLUSIVE:
+        cum = sum(
+            v[3]
+            for k, v in stats.stats.items()
+            if k[0].endswith(suffix) and k[2] == func  # type: ignore[attr-defined]
+        )
+        if cum:
+            inclusive[label] = round(cum / rows * 1e6, 1)
     return {
         "rows": summary.processed,
-        "note": "cProfile inflates absolute times; use the shares, and the breakdown for µs",
+        "note": "thread CPU time; cProfile inflates absolute times: use the shares, and the breakdown for µs",
+        "profiled_cpu_us_per_row": round(total / rows * 1e6, 1),
+        "inclusive_us_per_row": inclusive,
         "groups_share": {k: round(v / total, 3) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
         "top_tottime": [
             {
@@ -188,8 +223,16 @@ def profile_client(spec: dict[str, Any]) -> dict[str, Any]:
     client = DifyClient(spec["url"], spec["key"])
     sample = client.call("chat", query="Question #0: ok?", user="bench")
     client.close()
+    from airflow_dify.batch.calls import outcome_from_result
+
+    engine_spec = {**spec, "db": spec["db_engine"]}
     return {
         "breakdown_cpu_us_per_call": breakdown(spec["url"], spec["key"], int(spec["calls"])),
-        "engine_sql_only_cpu_us_per_row": engine_sql_only({**spec, "db": spec["db_engine"]}, sample),
+        "engine_sql_only_cpu_us_per_row": engine_sql_only(engine_spec, sample),
         "cprofile": profiled_batch(spec),
+        "cprofile_engine_sql_only": profiled_batch(
+            {**engine_spec, "db": spec["db_engine2"]},
+            lambda row: outcome_from_result(row["id"], sample),
+            top=12,
+        ),
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -37,12 +38,14 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             results[name] = {"error": f"skipped: suite deadline of {cfg.deadline_seconds:.0f} s passed"}
             continue
         log(f"[bench] {name} ...")
-        t0 = time.monotonic()
+        t0, load0 = time.monotonic(), os.getloadavg()[0]
         try:
             data = RUNNERS[name](cfg)
         except Exception as exc:  # record and go on: the other scenarios' numbers still count
             data = {"error": f"{type(exc).__name__}: {exc}"}
         data["seconds"] = round(time.monotonic() - t0, 1)
+        # Other work on the machine skews every number: keep the 1-minute load next to them.
+        data["loadavg_1m"] = {"start": round(load0, 2), "end": round(os.getloadavg()[0], 2)}
         data["machine"] = machine
         results[name] = data
         log(
@@ -202,6 +205,10 @@ def format_table(report: dict[str, Any]) -> str:
         if isinstance(v, dict) and "error" in v
     ]
     m = report["machine"]
+    loads = [v["loadavg_1m"]["end"] for v in report["scenarios"].values() if "loadavg_1m" in v]
+    lines.append(
+        f"1-min load average after each scenario: {loads} (2 cores: above ~2 the numbers are skewed)"
+    )
     lines.append(
         f"machine: {m['cores']} cores, Python {m['python']}, Airflow {m['airflow']}; "
         f"suite {report['elapsed_seconds']} s"

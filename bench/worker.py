@@ -41,6 +41,10 @@ def open_batch(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     )
     pool = open_pool(spec.get("backend", "memory"), settings)
     client = DifyClient(spec["url"], spec["key"], pool=pool, pool_size=concurrency)
+    if spec.get("tweaks"):  # scenario 2's what-if runs only; see bench/whatif.py
+        from bench.whatif import apply
+
+        apply(client, spec["tweaks"], concurrency)
     builder = PromptBuilder(family="chat", id_column="id", query_column="prompt")
     db_path = spec["db"]
     table = SqlTable(

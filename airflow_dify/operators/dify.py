@@ -95,6 +95,8 @@ class DifyBatchOperator(BaseOperator):
         "where_parameters",
         "input_columns",
         "user",
+        "shard_index",
+        "shard_count",
     )
     template_fields_renderers = {"where": "sql", "input_columns": "json", "where_parameters": "json"}
     ui_color = "#e6f0ff"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
 
+from airflow_dify.testing.apps import DEFAULT_MODES, FakeApp
 from airflow_dify.testing.server import FakeDify
 
 
@@ -19,6 +21,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-active-requests", type=int, default=0, help="per-app concurrency cap")
     parser.add_argument("--rpm", type=int, default=0, help="per-app requests per minute")
     parser.add_argument("--token-ttl", type=float, default=3600, help="OAuth2 access-token lifetime (s)")
+    parser.add_argument(
+        "--chat-key",
+        default=os.environ.get("DIFY_FAKE_API_KEY") or None,
+        help="fixed API key of the chat app (default: $DIFY_FAKE_API_KEY, else generated), so a "
+        "connection can be configured before the fake starts (docker/compose.yaml)",
+    )
     parser.add_argument(
         "--print-env", action="store_true", help="print AIRFLOW_CONN_DIFY_DEFAULT for the chat app"
     )
@@ -39,6 +47,7 @@ def connection_env(fake: FakeDify, mode: str = "chat") -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     fake = FakeDify(
+        apps=[FakeApp(mode=mode, key=args.chat_key if mode == "chat" else None) for mode in DEFAULT_MODES],
         host=args.host,
         port=args.port,
         latency=args.latency,
