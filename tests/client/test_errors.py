@@ -11,6 +11,7 @@ import pytest
 
 from airflow_dify.client import (
     NO_RETRY,
+    DifyAPIError,
     DifyAuthError,
     DifyBadRequestError,
     DifyForbiddenError,
@@ -260,8 +261,8 @@ class _Redirect(BaseHTTPRequestHandler):
         return None
 
 
-def test_redirect_to_another_host_drops_authorization(fake_dify: FakeDify, make_client) -> None:
-    """127.0.0.1 redirects to localhost: a different host must never receive the key."""
+def test_redirect_is_refused_and_the_key_never_travels(fake_dify: FakeDify, make_client) -> None:
+    """127.0.0.1 redirects to localhost: the client stops with a clear error, sends nothing there."""
     _Redirect.target = f"http://localhost:{fake_dify.port}/v1"
     _Redirect.seen_auth = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirect)
@@ -269,12 +270,18 @@ def test_redirect_to_another_host_drops_authorization(fake_dify: FakeDify, make_
     thread.start()
     try:
         client = make_client("chat", base_url=f"http://127.0.0.1:{server.server_port}/v1", retry=NO_RETRY)
-        with pytest.raises(DifyAuthError):
-            client.info()
+        for call in (
+            client.info,
+            lambda: client.chat("q", user="u"),
+            lambda: client.chat("q", user="u", response_mode="streaming"),
+        ):
+            with pytest.raises(DifyAPIError) as info:
+                call()
+            assert info.value.code == "redirect" and not info.value.retryable
+            assert f"redirect to {_Redirect.target}" in str(info.value)
     finally:
         server.shutdown()
         server.server_close()
     key = fake_dify.app("chat").key
-    assert _Redirect.seen_auth == [f"Bearer {key}"]  # the first host got it (control)
-    (record,) = fake_dify.requests
-    assert record.path == "/info" and record.auth == "none"  # the second did not
+    assert _Redirect.seen_auth == [f"Bearer {key}"] * 3  # the configured host got it (control)
+    assert fake_dify.requests == []  # the redirect target never saw a request
