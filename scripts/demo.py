@@ -76,6 +76,12 @@ def main() -> int:
             print(f"airflow dags test failed (exit {run.returncode}); full log in {OUT / 'dags-test.log'}")
             return run.returncode
         calls = fake.calls()
+        print("Running it again: the table is fully answered, so the re-run should make no call")
+        again = subprocess.run(
+            [*airflow, "dags", "test", "example_dify_batch"], env=env, text=True, capture_output=True
+        )
+        (OUT / "dags-test-rerun.log").write_text(again.stdout + again.stderr)
+        rerun_calls = fake.calls() - calls
     with sqlite3.connect(db_path) as db:
         sample = db.execute(
             "SELECT id, subject, status, answer, total_tokens, total_price, currency, latency_ms "
@@ -97,10 +103,10 @@ def main() -> int:
             f"  #{row_id:<4} {status:<9} {subject[:28]:<28} -> {answer[:60]!r}  "
             f"[{total} tokens, {price} {currency}, {latency} ms]"
         )
-    print(f"\nRows by status: {counts}; Dify calls made: {calls}")
+    print(f"\nRows by status: {counts}; Dify calls made: {calls}; calls made by the re-run: {rerun_calls}")
     print(f"Tokens: prompt {tokens[0]}, completion {tokens[1]}, total {tokens[2]}")
     print(f"Total price: {sum(prices, Decimal(0))} USD (summed as Decimal over {len(prices)} rows)")
-    return 0 if counts.get("succeeded") == ROWS else 1
+    return 0 if counts.get("succeeded") == ROWS and again.returncode == 0 and rerun_calls == 0 else 1
 
 
 if __name__ == "__main__":
