@@ -9,7 +9,7 @@ demo: setup
 
 test: setup
 	@.venv/bin/ruff check airflow_dify dags tests scripts
-	@.venv/bin/python -m pytest -p no:cacheprovider --ignore=tests/bench $(PYTEST_ARGS)
+	@.venv/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: setup
 	@.venv/bin/ruff check airflow_dify dags tests scripts

@@ -138,6 +138,7 @@ def memory(cfg: BenchConfig) -> dict[str, Any]:
                             "cpu_us_per_row",
                             "wall_seconds",
                             "succeeded",
+                            "rss_samples_s_mb",
                         )
                     },
                 }

@@ -10,6 +10,7 @@ import json
 import resource
 import sqlite3
 import sys
+import threading
 import time
 from typing import Any
 
@@ -23,6 +24,41 @@ def _cpu() -> float:
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+class RssSampler:
+    """VmRSS of this process every ``interval`` s in a daemon thread, at most ``keep`` samples
+    (halved by dropping every other one when full), so a peak can be placed in time."""
+
+    def __init__(self, interval: float = 5.0, keep: int = 120) -> None:
+        self.interval, self.keep = interval, keep
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    @staticmethod
+    def rss_mb() -> float:
+        try:
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024.0
+        except (OSError, StopIteration):  # not Linux
+            return 0.0
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append((round(time.monotonic() - self._t0, 1), round(self.rss_mb(), 1)))
+            if len(self.samples) >= self.keep:
+                self.samples = self.samples[::2]
+                self.interval *= 2
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def open_batch(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
@@ -72,14 +108,15 @@ def run_batch(spec: dict[str, Any]) -> dict[str, Any]:
             late = max(0.0, time.time() - start_at)
         wall0, cpu0, t0 = time.time(), _cpu(), time.perf_counter()
         shard = spec.get("shard")
-        summary = run_table_batch(
-            table,
-            call_row,
-            max_concurrency=int(spec["max_concurrency"]),
-            chunk_size=int(spec.get("chunk_size", 100)),
-            shard=tuple(shard) if shard else None,
-            progress_seconds=3600,
-        )
+        with RssSampler(float(spec.get("rss_interval", 5.0))) as rss:
+            summary = run_table_batch(
+                table,
+                call_row,
+                max_concurrency=int(spec["max_concurrency"]),
+                chunk_size=int(spec.get("chunk_size", 100)),
+                shard=tuple(shard) if shard else None,
+                progress_seconds=3600,
+            )
         elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
     finally:
         client.close()
@@ -96,6 +133,7 @@ def run_batch(spec: dict[str, Any]) -> dict[str, Any]:
         "cpu_us_per_row": round(cpu / processed * 1e6, 1) if processed else None,
         "rows_per_second": round(processed / elapsed, 2) if elapsed > 0 else None,
         "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "rss_samples_s_mb": rss.samples,
         "started_wall": wall0,
         "ended_wall": time.time(),
         "late_seconds": round(late, 4),
