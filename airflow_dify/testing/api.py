@@ -253,6 +253,14 @@ def _generate(fake: FakeDify, h: FakeDifyHandler, ex: Exchange, raw: bytes, numb
     if refused is not None:
         ex.fault = None  # the limit answered first; the fault did not take effect
         raise Reject(429, "too_many_requests", refused)
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            fake._limits.release(app.id)
+
     try:
         if fault is not None and fault.kind == "stall":
             fake._sleep(fault.delay if fault.delay is not None else 5.0)
@@ -260,9 +268,9 @@ def _generate(fake: FakeDify, h: FakeDifyHandler, ex: Exchange, raw: bytes, numb
         if req["streaming"]:
             _stream(fake, h, ex, req, conversation_id, latency, fault)
         else:
-            _blocking(fake, h, ex, req, conversation_id, latency, fault)
+            _blocking(fake, h, ex, req, conversation_id, latency, fault, release)
     finally:
-        fake._limits.release(app.id)
+        release()
 
 
 def _workflow_run(fake: FakeDify, app: FakeApp, inputs: dict, latency: float, fault: Fault | None) -> dict:
@@ -276,7 +284,9 @@ def _workflow_run(fake: FakeDify, app: FakeApp, inputs: dict, latency: float, fa
     return data
 
 
-def _blocking(fake, h, ex: Exchange, req: dict, conversation_id, latency: float, fault: Fault | None) -> None:
+def _blocking(
+    fake, h, ex: Exchange, req: dict, conversation_id, latency: float, fault: Fault | None, release
+) -> None:
     fake._sleep(latency)
     app = ex.app
     if app.mode == "workflow":
@@ -284,6 +294,10 @@ def _blocking(fake, h, ex: Exchange, req: dict, conversation_id, latency: float,
     else:
         body = answers.message_body(app, req["query"], req["inputs"], latency, conversation_id)
     ex.response = body
+    # Like Dify (AppGenerateService.generate: `finally: if not streaming: rate_limit.exit()`), a
+    # blocking call frees its slot when the answer is ready, before the response is written; a
+    # client that sends its next call on receipt must never find its own finished call counted.
+    release()
     kind = fault.kind if fault is not None else None
     if kind == "billed_504":
         # The work is done and billed (ex.response keeps it), but the gateway gives up.
