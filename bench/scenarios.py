@@ -138,7 +138,7 @@ def memory(cfg: BenchConfig) -> dict[str, Any]:
                             "cpu_us_per_row",
                             "wall_seconds",
                             "succeeded",
-                            "rss_samples_s_mb",
+                            "rss_samples_s_rss_hwm_mb",
                         )
                     },
                 }
