@@ -22,6 +22,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rpm", type=int, default=0, help="per-app requests per minute")
     parser.add_argument("--token-ttl", type=float, default=3600, help="OAuth2 access-token lifetime (s)")
     parser.add_argument(
+        "--max-records",
+        type=int,
+        default=10_000,
+        help="request records kept for inspection (newest); bounds memory on long runs",
+    )
+    parser.add_argument(
         "--chat-key",
         default=os.environ.get("DIFY_FAKE_API_KEY") or None,
         help="fixed API key of the chat app (default: $DIFY_FAKE_API_KEY, else generated), so a "
@@ -54,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         max_active_requests=args.max_active_requests,
         requests_per_minute=args.rpm,
         token_ttl=args.token_ttl,
+        max_records=args.max_records,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
