@@ -21,6 +21,9 @@ from airflow_dify.client.errors import DifyError
 
 log = logging.getLogger("airflow_dify.client")
 T = TypeVar("T")
+#: One generator for every back-off: seeding a new Random costs more than a successful call's retry
+#: bookkeeping, and jitter needs no per-call state.
+_JITTER = random.Random()
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class wait_retry_after_or_backoff(wait_base):  # noqa: N801
     def __init__(self, initial: float = 1.0, maximum: float = 60.0, rng: random.Random | None = None) -> None:
         self.initial = initial
         self.maximum = maximum
-        self._rng = rng or random.Random()
+        self._rng = rng or _JITTER
 
     def __call__(self, retry_state: RetryCallState) -> float:
         outcome = retry_state.outcome
