@@ -71,4 +71,8 @@ class RowOutcome:
 
     def column_values(self) -> dict[str, Any]:
         """Logical field -> value, for the fields that are columns (see ResultColumns)."""
-        return {name: getattr(self, name) for name, _ in ResultColumns().items()}
+        return {name: getattr(self, name) for name in COLUMN_FIELDS}
+
+
+#: Logical names of the result columns, in ResultColumns order (computed once: hot path).
+COLUMN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ResultColumns))
