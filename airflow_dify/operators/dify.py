@@ -284,6 +284,8 @@ class DifyBatchOperator(BaseOperator):
         result = summary.to_dict()
         if self.redo == "changed":
             result["skipped_unchanged"] = table.skipped_unchanged if table is not None else 0
+        if summary.stopped == "budget":
+            result["stopped_reason"] = budget.reason
         self._summary = result
         context["ti"].xcom_push(key="summary", value=result)
         if summary.stopped == "killed":

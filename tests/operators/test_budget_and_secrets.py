@@ -37,7 +37,7 @@ def test_budget_cap_stops_within_one_in_flight_window(
         max_total_tokens=cap,
     )
     assert state == "success"
-    assert summary["stopped"] == "budget"
+    assert summary["stopped"] == "budget" and "max_total_tokens=2,000" in summary["stopped_reason"]
     spent = [r.response["metadata"]["usage"]["total_tokens"] for r in fake_dify.requests if r.status == 200]
     per_call = max(spent)
     assert summary["total_tokens"] == sum(spent)
