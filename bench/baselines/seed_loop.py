@@ -1,6 +1,6 @@
 """The loop users write today, re-implemented faithfully as the baseline.
 
-Source: the seed article /work/shared/seed/000_60ac283521167e7a.txt ("Python example for Dify API
+Source: the seed article (shared/seed/000_60ac283521167e7a.txt) ("Python example for Dify API
 Key authentication" and "Alternative: Implement rate limiter manually"): a bare ``requests.post``
 per prompt with a ``Bearer`` header and a blocking JSON payload, the article's sliding-window
 ``RateLimiter`` (a list of timestamps filtered on every call) called before each request, and, as
