@@ -8,12 +8,14 @@ demo: setup
 	@.venv/bin/python scripts/demo.py
 
 test: setup
-	@.venv/bin/ruff check airflow_dify dags tests scripts
+	@.venv/bin/ruff check airflow_dify dags tests scripts bench
+	@.venv/bin/mypy
 	@.venv/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: setup
-	@.venv/bin/ruff check airflow_dify dags tests scripts
-	@.venv/bin/ruff format --check airflow_dify dags tests scripts
+	@.venv/bin/ruff check airflow_dify dags tests scripts bench
+	@.venv/bin/ruff format --check airflow_dify dags tests scripts bench
+	@.venv/bin/mypy
 
 # Benchmarks of issue 6 against FakeDify on 127.0.0.1 (~10 min); writes bench/results.json.
 # BENCH_ARGS="--memory-rows 100000,1000000" runs the issue's full memory sizes (~20 min more).

@@ -12,6 +12,7 @@ from typing import Any
 
 from airflow_dify.batch.outcome import FAILED, RowOutcome
 from airflow_dify.batch.sql_dialect import InvalidText
+from airflow_dify.errors import AirflowDifyError
 
 DEFAULT_MAX_PROMPT_CHARS = 100_000
 
@@ -51,7 +52,7 @@ def input_hash(app: Mapping[str, Any], query: str | None, inputs: Mapping[str, A
     return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class RowError(ValueError):
+class RowError(AirflowDifyError, ValueError):
     """The row cannot be sent; the message names the row and the column at fault."""
 
     def __init__(self, code: str, message: str) -> None:

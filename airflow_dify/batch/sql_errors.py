@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from airflow_dify.errors import AirflowDifyError
 
-class SqlTableError(ValueError):
+
+class SqlTableError(AirflowDifyError, ValueError):
     """The table, its columns or a setting cannot be used (bad identifier, missing column, bad ids).
 
     Raised before any Dify call is made, so a misconfigured batch costs nothing.
     """
 
 
-class SqlWriteError(RuntimeError):
+class SqlWriteError(AirflowDifyError, RuntimeError):
     """A chunk of results could not be written back after all retries.
 
     The message names the table, the first row id of the chunk and the driver's error class

@@ -3,24 +3,36 @@
 Every error carries the HTTP status (None for network faults), Dify's ``code``, a message that is
 safe to log (never a secret), whether a retry can help, and whether the server may already have
 run (and billed) the request. The batch engine turns these into a row's ``status``/``error``.
+
+Errors are values: all context goes through the constructor, and code that learns more after an
+error was raised (the attempt count, a refreshed message) makes a new one with :meth:`evolve`.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
 
-class DifyError(Exception):
-    """Base class. ``str(err)`` is short and secret-free: ``"<status> <code>: <message>"``."""
+from airflow_dify.errors import AirflowDifyError
+
+if TYPE_CHECKING:
+    from airflow_dify.client.models import DifyResult
+
+
+class DifyError(AirflowDifyError):
+    """Base class. ``str(err)`` is short and secret-free: ``"<status> <code>: <message>"``.
+
+    :param retryable: a retry can help (class default when None).
+    :param maybe_billed: the request may have reached Dify and run (timeouts, 504 after send):
+        re-sending it could pay twice (class default when None).
+    :param attempts: attempts made before this error (the client's retry loop sets it).
+    :param result: the partial result when Dify answered but the run did not succeed.
+    :param workflow_run_id: a known run id (a broken stream after ``workflow_started``): look the
+        run up instead of running it again.
+    """
 
     retryable: bool = False
-    #: True when the request may have reached Dify and run (timeouts, 504 after send):
-    #: re-sending it could pay twice.
     maybe_billed: bool = False
-    #: Attempts made before this error was raised (set by the client's retry loop).
-    attempts: int = 1
-    #: The partial result, when Dify answered but the run did not succeed (workflow status).
-    result = None
-    #: Known workflow run id (a broken stream after ``workflow_started``): look it up, do not re-run.
-    workflow_run_id: str | None = None
+    default_code = "error"
 
     def __init__(
         self,
@@ -31,6 +43,9 @@ class DifyError(Exception):
         retry_after: float | None = None,
         retryable: bool | None = None,
         maybe_billed: bool | None = None,
+        attempts: int = 1,
+        result: DifyResult | None = None,
+        workflow_run_id: str | None = None,
     ) -> None:
         self.message = message
         self.status = status
@@ -40,13 +55,35 @@ class DifyError(Exception):
             self.retryable = retryable
         if maybe_billed is not None:
             self.maybe_billed = maybe_billed
+        self.attempts = attempts
+        self.result = result
+        self.workflow_run_id = workflow_run_id
         super().__init__(self.summary())
-
-    default_code = "error"
 
     def summary(self) -> str:
         head = f"{self.status} {self.code}" if self.status else self.code
         return f"{head}: {self.message}"
+
+    def context(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this error."""
+        return {
+            "message": self.message,
+            "status": self.status,
+            "code": self.code,
+            "retry_after": self.retry_after,
+            "retryable": self.retryable,
+            "maybe_billed": self.maybe_billed,
+            "attempts": self.attempts,
+            "result": self.result,
+            "workflow_run_id": self.workflow_run_id,
+        }
+
+    def evolve(self, **changes: Any) -> DifyError:
+        """A new error of the same class with ``changes`` applied; the original is its cause."""
+        fresh = type(self)(**{**self.context(), **changes})
+        fresh.__cause__ = self.__cause__
+        fresh.__suppress_context__ = True
+        return fresh
 
 
 class DifyConfigError(DifyError, ValueError):

@@ -12,8 +12,10 @@ import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
+from airflow_dify.errors import AirflowDifyError
 
-class PoolError(RuntimeError):
+
+class PoolError(AirflowDifyError, RuntimeError):
     """The pool cannot be used (bad backend URL, backend unreachable)."""
 
 

@@ -38,6 +38,24 @@ _SELECT = f"SELECT {', '.join(_FIELDS)} FROM dify_pool_budget WHERE key = ?"
 _UPSERT = f"INSERT OR REPLACE INTO dify_pool_budget (key, {', '.join(_FIELDS)}) VALUES (?, ?, ?, ?, ?, ?)"
 
 
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL, waiting out other processes doing the same.
+
+    Changing the journal mode needs a moment of exclusive access and SQLite answers "database is
+    locked" at once instead of honouring busy_timeout, so processes opening a new pool file
+    together would fail; retry within the busy timeout. Once in WAL the mode sticks to the file.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(poll_delay(0.05))
+
+
 class SqlitePool(ReservingPool):
     """Budget shared through a SQLite file.
 
@@ -74,7 +92,7 @@ class SqlitePool(ReservingPool):
                     self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
                 )
                 conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-                conn.execute("PRAGMA journal_mode = WAL")
+                _enable_wal(conn)
                 conn.execute("PRAGMA synchronous = NORMAL")
             except sqlite3.Error as exc:
                 raise PoolError(f"rate_limit_backend sqlite: cannot open {self._path!r}: {exc}") from exc

@@ -17,6 +17,7 @@ from airflow_dify.batch.rows import DEFAULT_MAX_PROMPT_CHARS, PromptBuilder
 from airflow_dify.batch.runner import run_table_batch
 from airflow_dify.batch.sql_table import SqlTable
 from airflow_dify.client.models import MODE_FAMILY
+from airflow_dify.errors import AirflowDifyError
 from airflow_dify.hooks.dify import DifyHook
 from airflow_dify.operators.lineage import default_outlets, operator_lineage, table_ref
 
@@ -28,11 +29,11 @@ DEFAULT_MAX_CONCURRENCY = 8
 _DIALECTS = {"sqlite": "sqlite", "postgres": "postgres", "postgresql": "postgres"}
 
 
-class DifyBatchFailedError(RuntimeError):
+class DifyBatchFailedError(AirflowDifyError, RuntimeError):
     """Too many rows failed; their results are already written back."""
 
 
-class DifyBatchKilledError(RuntimeError):
+class DifyBatchKilledError(AirflowDifyError, RuntimeError):
     """The task was killed mid-run; finished rows are saved, the rest stay pending for a retry."""
 
 

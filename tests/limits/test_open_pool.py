@@ -118,3 +118,41 @@ def test_pool_key_hides_the_credential() -> None:
     key = derive_pool_key("https://api.dify.ai/v1/", "app-secret")
     assert key == derive_pool_key("https://api.dify.ai/v1", "app-secret") and "secret" not in key
     assert "app-secret" not in repr(open_pool("memory", PoolSettings(key=key, requests_per_minute=1)))
+
+
+_OPEN_TOGETHER = """
+import sys, time
+from airflow_dify.limits import PoolSettings, open_pool
+start = float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.001)
+pool = open_pool("sqlite:///" + sys.argv[1], PoolSettings(key="k", max_concurrency=2))
+pool.acquire().settle()
+pool.close()
+"""
+
+
+def test_processes_opening_a_new_sqlite_pool_file_together_all_succeed(tmp_path: Path) -> None:
+    """Switching a fresh file to WAL answers 'database is locked' at once to the others (seen
+    as a CI flake: ~1 in 14 processes failed): every opener must wait its turn instead."""
+    import subprocess
+    import sys
+
+    failures = []
+    for round_ in range(4):
+        path = tmp_path / f"pool{round_}.db"
+        start = time.time() + 1.0
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPEN_TOGETHER, str(path), str(start)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(6)
+        ]
+        for proc in procs:
+            out, _ = proc.communicate(timeout=60)
+            if proc.returncode != 0:
+                failures.append(out[-300:])
+    assert not failures, failures
