@@ -125,20 +125,31 @@ def breakdown(url: str, key: str, n: int) -> dict[str, float]:
     return {k: round(v, 1) for k, v in out.items()}
 
 
+class _Client:
+    """Stands in for DifyClient in the batch: ``call`` runs ``fn`` (a canned result, or the real
+    client's call under a profiler), so the rest of the path is exactly the shipped one."""
+
+    def __init__(self, call: Callable[..., Any]) -> None:
+        self._call = call
+
+    def info(self) -> Any:
+        from airflow_dify.client.models import AppInfo
+
+        return AppInfo(name="bench", mode="chat")
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(*args, **kwargs)
+
+
 def engine_sql_only(spec: dict[str, Any], result: Any) -> float:
-    """CPU µs per row of run_table_batch + SQL read/write when every call returns a canned result."""
-    from airflow_dify.batch.calls import outcome_from_result
-    from airflow_dify.batch.runner import run_table_batch
+    """CPU µs per row of run_batch + SQL read/write when every call returns a canned result."""
+    from airflow_dify.batch.run import run_batch
     from bench.worker import open_batch
 
-    pool, client, table, _ = open_batch(spec)
+    pool, client, table, options = open_batch(spec)
     table.ensure_result_columns()
     t0 = time.process_time()
-    summary = run_table_batch(
-        table,
-        lambda row: outcome_from_result(row["id"], result),
-        max_concurrency=int(spec["max_concurrency"]),
-    )
+    summary = run_batch(table, table, _Client(lambda *a, **k: result), options)
     cpu = time.process_time() - t0
     client.close()
     table.close()
@@ -153,31 +164,30 @@ def _group(key: tuple[str, int, str]) -> str:
     return "other"
 
 
-def profiled_batch(
-    spec: dict[str, Any], call_row: Callable[[Any], Any] | None = None, top: int = 20
-) -> dict[str, Any]:
-    """cProfile every thread of one run_table_batch: the main thread plus one profiler per pool
-    thread, each timed by its own thread's CPU clock, so blocking in recv/sleep costs nothing."""
-    from airflow_dify.batch.runner import run_table_batch
+def profiled_batch(spec: dict[str, Any], canned: Any = None, top: int = 20) -> dict[str, Any]:
+    """cProfile every thread of one run_batch: the main thread plus one profiler per pool
+    thread, each timed by its own thread's CPU clock, so blocking in recv/sleep costs nothing.
+    With ``canned``, every call returns that result instead of going over HTTP."""
+    from airflow_dify.batch.run import run_batch
     from bench.worker import open_batch
 
-    pool, client, table, real_call = open_batch(spec)
-    call = call_row or real_call
+    pool, client, table, options = open_batch(spec)
+    call = client.call if canned is None else (lambda *a, **k: canned)
     table.ensure_result_columns()
     profiles: dict[int, cProfile.Profile] = {}
     lock = threading.Lock()
 
-    def profiled(row: Any) -> Any:
+    def profiled(*args: Any, **kwargs: Any) -> Any:
         ident = threading.get_ident()
         prof = profiles.get(ident)
         if prof is None:
             with lock:
                 prof = profiles[ident] = cProfile.Profile(time.thread_time)
-        return prof.runcall(call, row)
+        return prof.runcall(call, *args, **kwargs)
 
     main = cProfile.Profile(time.thread_time)
     main.enable()
-    summary = run_table_batch(table, profiled, max_concurrency=int(spec["max_concurrency"]))
+    summary = run_batch(table, table, _Client(profiled), options)
     main.disable()
     client.close()
     table.close()
@@ -223,8 +233,6 @@ def profile_client(spec: dict[str, Any]) -> dict[str, Any]:
     client = DifyClient(spec["url"], spec["key"])
     sample = client.call("chat", query="Question #0: ok?", user="bench")
     client.close()
-    from airflow_dify.batch.calls import outcome_from_result
-
     engine_spec = {**spec, "db": spec["db_engine"]}
     return {
         "breakdown_cpu_us_per_call": breakdown(spec["url"], spec["key"], int(spec["calls"])),
@@ -232,7 +240,7 @@ def profile_client(spec: dict[str, Any]) -> dict[str, Any]:
         "cprofile": profiled_batch(spec),
         "cprofile_engine_sql_only": profiled_batch(
             {**engine_spec, "db": spec["db_engine2"]},
-            lambda row: outcome_from_result(row["id"], sample),
+            canned=sample,
             top=12,
         ),
     }

@@ -90,29 +90,8 @@ def client_cost(cfg: BenchConfig) -> dict[str, Any]:
                 calls=cfg.profile_calls,
             )
             out["profile"] = run_worker(pspec, "profile", timeout=cfg.profile_rows / 50 + 180)
-            out["what_if"] = what_if(cfg, fake)
     finally:
         fake.stop()
-    return out
-
-
-WHAT_IF = (
-    ("as shipped", ()),
-    ("trust_env off", ("trust_env_off",)),
-    ("trust_env off + shared rng", ("trust_env_off", "shared_rng")),
-    ("urllib3 transport + shared rng", ("urllib3", "shared_rng")),
-)
-
-
-def what_if(cfg: BenchConfig, fake: Any) -> dict[str, Any]:
-    """The same batch (profile_rows, latency 0) with each suggested client change patched in."""
-    out: dict[str, Any] = {"rows": cfg.profile_rows}
-    for label, tweaks in WHAT_IF:
-        fake.reset()
-        db = make_prompt_table(work_dir() / "what_if.db", cfg.profile_rows)
-        spec = _batch_spec(fake, db, max_concurrency=cfg.cost_concurrency, tweaks=list(tweaks))
-        client = run_worker(spec, f"what_if_{'_'.join(tweaks) or 'shipped'}", cfg.profile_rows / 50 + 120)
-        out[label] = {k: client[k] for k in ("cpu_us_per_row", "rows_per_second", "succeeded")}
     return out
 
 

@@ -65,12 +65,11 @@ class RssSampler:
 
 
 def open_batch(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
-    """(pool, client, table, call_row) for the Airflow-free batch path, as the operator builds them."""
-    from airflow_dify.batch.calls import make_row_caller
-    from airflow_dify.batch.rows import PromptBuilder
-    from airflow_dify.batch.sql_table import SqlTable
+    """(pool, client, table, options) for the Airflow-free batch path, as the operator builds them."""
+    from airflow_dify.batch.options import BatchOptions
     from airflow_dify.client import DifyClient
     from airflow_dify.limits import PoolSettings, open_pool
+    from airflow_dify.sql.table import SqlTable
 
     concurrency = int(spec["max_concurrency"])
     settings = PoolSettings(
@@ -80,28 +79,28 @@ def open_batch(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     )
     pool = open_pool(spec.get("backend", "memory"), settings)
     client = DifyClient(spec["url"], spec["key"], pool=pool, pool_size=concurrency)
-    if spec.get("tweaks"):  # scenario 2's what-if runs only; see bench/whatif.py
-        from bench.whatif import apply
-
-        apply(client, spec["tweaks"], concurrency)
-    builder = PromptBuilder(family="chat", id_column="id", query_column="prompt")
     db_path = spec["db"]
     table = SqlTable(
-        lambda: sqlite3.connect(db_path, timeout=30),
-        spec.get("table", "prompts"),
-        dialect="sqlite",
-        read_columns=builder.read_columns,
+        lambda: sqlite3.connect(db_path, timeout=30), spec.get("table", "prompts"), dialect="sqlite"
     )
-    return pool, client, table, make_row_caller(client, builder, user="bench")
+    shard = spec.get("shard")
+    options = BatchOptions(
+        app_mode="chat",
+        user="bench",
+        max_concurrency=concurrency,
+        chunk_size=int(spec.get("chunk_size", 100)),
+        shard=tuple(shard) if shard else None,
+        progress_seconds=3600,
+    )
+    return pool, client, table, options
 
 
 def run_batch(spec: dict[str, Any]) -> dict[str, Any]:
-    """run_table_batch over the table; CPU and wall time cover the batch, not imports and setup."""
-    from airflow_dify.batch.runner import run_table_batch
+    """run_batch over the table; CPU and wall time cover the batch, not imports and setup."""
+    from airflow_dify.batch.run import run_batch as run
 
-    pool, client, table, call_row = open_batch(spec)
+    pool, client, table, options = open_batch(spec)
     try:
-        table.ensure_result_columns()
         start_at = spec.get("start_at")
         late = 0.0
         if start_at is not None:  # a shared start for processes that booted at different speeds
@@ -110,16 +109,8 @@ def run_batch(spec: dict[str, Any]) -> dict[str, Any]:
                 time.sleep(min(wait, 60.0))
             late = max(0.0, time.time() - start_at)
         wall0, cpu0, t0 = time.time(), _cpu(), time.perf_counter()
-        shard = spec.get("shard")
         with RssSampler(float(spec.get("rss_interval", 5.0))) as rss:
-            summary = run_table_batch(
-                table,
-                call_row,
-                max_concurrency=int(spec["max_concurrency"]),
-                chunk_size=int(spec.get("chunk_size", 100)),
-                shard=tuple(shard) if shard else None,
-                progress_seconds=3600,
-            )
+            summary = run(table, table, client, options)
         elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
     finally:
         client.close()

@@ -43,6 +43,13 @@ class SqlDb:
         with closing(self.connect()) as db:
             return list(db.execute(sql.replace("?", self.ph), params).fetchall())
 
+    def records(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows as dicts by column name (as the database spells them), so tests never count positions."""
+        with closing(self.connect()) as db:
+            cur = db.execute(sql.replace("?", self.ph), params)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
     def create_prompts(
         self, table: str, rows: Sequence[tuple], columns: str = "id INTEGER PRIMARY KEY, prompt TEXT"
     ) -> None:

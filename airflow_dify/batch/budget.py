@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from airflow_dify.batch.outcome import RowOutcome
+from airflow_dify.outcome import RowOutcome
 
 
 class BudgetGuard:

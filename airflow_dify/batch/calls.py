@@ -6,10 +6,11 @@ import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from airflow_dify.batch.outcome import FAILED, SUCCEEDED, RowOutcome
-from airflow_dify.batch.rows import PromptBuilder, RowError, failed_outcome
+from airflow_dify.batch.errors import RowError
+from airflow_dify.batch.rows import PromptBuilder, failed_outcome
 from airflow_dify.client.errors import DifyError
 from airflow_dify.client.models import DifyResult
+from airflow_dify.outcome import FAILED, SUCCEEDED, RowOutcome
 
 MAX_ERROR_CHARS = 1000
 

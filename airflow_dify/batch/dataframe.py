@@ -1,10 +1,10 @@
 """The DataFrame path: a pandas frame in, the same frame with the result columns added out.
 
-It runs the same batch runner as the SQL path (``run_table_batch``: same engine, pool, retries,
-budget and summary) over a :class:`FrameRows` source/sink. Rows are read chunk by chunk with
-``df.iloc[start:stop, columns].itertuples()`` (only the prompt columns of one chunk are touched at a
-time) and each outcome is written by position into preallocated column arrays, so memory grows by
-the result columns only, never by a copy of the frame per chunk.
+It runs the one batch path (:func:`airflow_dify.batch.run.run_batch`: same engine, pool, retries,
+budget and summary as the SQL path) over a :class:`FrameRows` source/sink. Rows are read chunk by
+chunk with ``df.iloc[start:stop, columns].itertuples()`` (only the prompt columns of one chunk are
+touched at a time) and each outcome is written by position into preallocated column arrays, so
+memory grows by the result columns only, never by a copy of the frame per chunk.
 
 Resume works like on a table: pass a frame returned by an earlier run and ``redo`` picks the rows
 to do from its ``status`` (and ``input_hash``) columns; rows not redone keep their results.
@@ -13,24 +13,18 @@ to do from its ``status`` (and ``input_hash``) columns; rows not redone keep the
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from airflow_dify.batch.budget import BudgetGuard
-from airflow_dify.batch.calls import SupportsCall, make_row_caller
 from airflow_dify.batch.engine import StopSignal
-from airflow_dify.batch.outcome import FAILED, ResultColumns, RowOutcome
-from airflow_dify.batch.rows import DEFAULT_MAX_PROMPT_CHARS, PromptBuilder
-from airflow_dify.batch.runner import run_table_batch
-from airflow_dify.batch.sql_table import HASH_KEY, REDO_MODES, STATUS_KEY
-from airflow_dify.client.models import MODE_FAMILY
-
-if TYPE_CHECKING:
-    from airflow_dify.batch.summary import BatchSummary
+from airflow_dify.batch.options import BatchOptions
+from airflow_dify.batch.run import SupportsInfo, run_batch
+from airflow_dify.batch.summary import BatchSummary
+from airflow_dify.outcome import FAILED, HASH_KEY, REDO_MODES, STATUS_KEY, ResultColumns, RowOutcome
 
 log = logging.getLogger("airflow_dify.batch")
 
@@ -52,31 +46,28 @@ def _clean(value: Any) -> Any:
 
 
 class FrameRows:
-    """A DataFrame as the runner's row source and result sink (the ``RowSource`` protocol).
+    """A DataFrame as the batch's row source and result sink; rows are identified by position.
 
     :param df: the input frame; never modified.
-    :param builder: the batch's prompt builder (its ``read_columns`` must exist in ``df``).
     :param columns: names of the result columns.
     """
+
+    id_column = POSITION_KEY
 
     def __init__(
         self,
         df: pd.DataFrame,
-        builder: PromptBuilder,
         columns: ResultColumns = ResultColumns(),  # noqa: B008 - frozen dataclass, safe default
     ) -> None:
         if not isinstance(df, pd.DataFrame):
             raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
         if not df.columns.is_unique:
             raise ValueError("the DataFrame has duplicate column names; rename them first")
-        missing = [c for c in builder.read_columns if c not in df.columns]
-        if missing:
-            raise ValueError(f"the DataFrame has no column(s) {missing}; columns: {list(df.columns)[:20]}")
         self.df = df
-        self.builder = builder
         self.columns = columns
-        self.read_columns = list(builder.read_columns)
-        self._read_idx = [df.columns.get_loc(c) for c in self.read_columns]
+        self.read_columns: list[str] = []
+        self._read_idx: list[int] = []
+        self.current_hash: Callable[[Mapping[str, Any]], str | None] | None = None
         self.skipped_unchanged = 0
         n = len(df)
         # Preallocated result arrays, seeded with earlier results so rows not redone keep them.
@@ -86,6 +77,19 @@ class FrameRows:
             if name in df.columns:
                 arr[:] = [None if _missing(v) else v for v in df[name].tolist()]
             self.arrays[fieldname] = arr
+
+    def prepare(
+        self, read_columns: Sequence[str], current_hash: Callable[[Mapping[str, Any]], str | None]
+    ) -> None:
+        """Take the batch's prompt columns; each must exist in the frame."""
+        missing = [c for c in read_columns if c not in self.df.columns]
+        if missing:
+            raise ValueError(
+                f"the DataFrame has no column(s) {missing}; columns: {list(self.df.columns)[:20]}"
+            )
+        self.read_columns = list(read_columns)
+        self._read_idx = [self.df.columns.get_loc(c) for c in self.read_columns]
+        self.current_hash = current_hash
 
     # -- selection ----------------------------------------------------------------------------
     def _todo_mask(self, redo: str) -> np.ndarray:
@@ -127,7 +131,9 @@ class FrameRows:
     def _chunks(self, chunk_size: int, redo: str, todo: np.ndarray) -> Iterator[list[dict[str, Any]]]:
         keys = self.read_columns
         status, stored = self.arrays["status"], self.arrays["input_hash"]
-        current = self.builder.current_hash
+        current = self.current_hash
+        if redo == "changed" and current is None:
+            raise ValueError('redo="changed" needs prepare() with a current_hash')
         for start in range(0, len(self.df), chunk_size):
             stop = min(start + chunk_size, len(self.df))
             if not todo[start:stop].any():
@@ -140,7 +146,12 @@ class FrameRows:
                     continue
                 row = {POSITION_KEY: pos, STATUS_KEY: status[pos], HASH_KEY: stored[pos]}
                 row.update(zip(keys, map(_clean, values), strict=True))
-                if redo == "changed" and status[pos] is not None and stored[pos] == current(row):
+                if (
+                    current is not None
+                    and redo == "changed"
+                    and status[pos] is not None
+                    and stored[pos] == current(row)
+                ):
                     self.skipped_unchanged += 1
                     continue
                 page.append(row)
@@ -176,73 +187,30 @@ class FrameRows:
 
 def answer_dataframe(
     df: pd.DataFrame,
-    client: SupportsCall,
+    client: SupportsInfo,
+    options: BatchOptions | None = None,
     *,
-    app_mode: str = "chat",
-    query_column: str | None = "prompt",
-    query_template: str | None = None,
-    input_columns: Mapping[str, str] | None = None,
-    user: str = "airflow-dify",
-    max_concurrency: int = 8,
-    chunk_size: int = 1000,
-    redo: str = "failed",
-    result_columns: Mapping[str, str] | None = None,
-    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
-    response_mode: str | None = None,
-    max_total_tokens: int | None = None,
-    max_total_price: str | Decimal | None = None,
     stop: StopSignal | None = None,
     logger: Any = None,
+    **option_overrides: Any,
 ) -> tuple[pd.DataFrame, BatchSummary]:
     """Answer every row of ``df`` with a Dify app; return (frame with result columns, summary).
 
     :param client: a :class:`~airflow_dify.client.DifyClient` (its pool and retry policy apply).
-    :param app_mode: Dify app mode (``chat``, ``advanced-chat``, ``agent-chat``, ``completion``,
-        ``workflow``); agent modes are called with streaming.
-    :param query_column: column holding the query (chat/completion).
-    :param query_template: per-row template instead of ``query_column`` (Jinja or ``str.format``).
-    :param input_columns: Dify input variable -> column (required for workflows).
-    :param chunk_size: frame rows read per step; results are written as calls complete.
-    :param redo: with a frame from an earlier run: ``pending``, ``failed`` (default), ``all``,
-        ``changed`` (pending rows plus rows whose query/inputs no longer match ``input_hash``).
-    :param result_columns: rename result columns, e.g. ``{"answer": "category"}``.
-    :param max_total_tokens: budget cap; rows never started stay pending (status None).
-    :param max_total_price: the same cap in money.
+    :param options: the run's :class:`~airflow_dify.batch.options.BatchOptions`; default: a chat
+        app, chunks of 1,000 rows, user ``airflow-dify``.
     :param stop: set it from another thread to stop starting calls.
+    :param option_overrides: any BatchOptions field, e.g. ``app_mode="chat"``,
+        ``query_column="text"``, ``redo="changed"``, ``max_total_price="5.00"``.
 
     Rows are identified by position, so error messages say ``row 17`` for the 18th row.
-    ``summary.to_dict()`` is the same JSON the operator pushes to XCom.
+    ``summary.to_dict()`` is the same JSON the operator pushes to XCom. ``where`` and ``shard``
+    are SQL options: filter the frame before passing it instead.
     """
-    family = MODE_FAMILY.get(app_mode)
-    if family is None:
-        raise ValueError(f"app_mode must be one of {sorted(MODE_FAMILY)}, got {app_mode!r}")
-    builder = PromptBuilder(
-        family=family,
-        id_column=POSITION_KEY,
-        query_column=query_column,
-        query_template=query_template,
-        input_columns=input_columns,
-        max_prompt_chars=max_prompt_chars,
-    )
-    rows = FrameRows(df, builder, ResultColumns.with_overrides(dict(result_columns or {})))
-    budget = BudgetGuard(
-        max_total_tokens, Decimal(str(max_total_price)) if max_total_price is not None else None
-    )
-    call_row = make_row_caller(client, builder, user=user, response_mode=response_mode, app_mode=app_mode)
-    summary = run_table_batch(
-        rows,
-        budget.wrap(call_row) if budget.active else call_row,
-        may_start=budget.may_start if budget.active else None,
-        max_concurrency=max_concurrency,
-        chunk_size=chunk_size,
-        redo=redo,
-        stop=stop,
-        logger=logger or log,
-    )
-    if redo == "changed":
-        (logger or log).info(
-            "redo=changed: %s row(s) unchanged since answered, skipped", f"{rows.skipped_unchanged:,}"
-        )
+    base = options or BatchOptions(app_mode="chat", chunk_size=1000, max_failed_ratio=None)
+    opts = base.replace(**option_overrides) if option_overrides else base
+    rows = FrameRows(df, opts.result_columns)
+    summary = run_batch(rows, rows, client, opts, stop=stop, logger=logger or log)
     return rows.result_frame(), summary
 
 

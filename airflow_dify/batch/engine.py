@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
-from airflow_dify.batch.outcome import RowOutcome
+from airflow_dify.outcome import RowOutcome
 
 T = TypeVar("T")
 

@@ -10,11 +10,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_dify.batch.outcome import FAILED, RowOutcome
-from airflow_dify.batch.sql_dialect import InvalidText
-from airflow_dify.errors import AirflowDifyError
-
-DEFAULT_MAX_PROMPT_CHARS = 100_000
+from airflow_dify.batch.errors import RowError
+from airflow_dify.batch.options import DEFAULT_MAX_PROMPT_CHARS, BatchOptions
+from airflow_dify.client.models import MODE_FAMILY
+from airflow_dify.outcome import FAILED, RowOutcome
+from airflow_dify.sql.dialects import InvalidText
 
 
 @dataclass(frozen=True)
@@ -50,14 +50,6 @@ def input_hash(app: Mapping[str, Any], query: str | None, inputs: Mapping[str, A
         default=_json_default,
     )
     return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-class RowError(AirflowDifyError, ValueError):
-    """The row cannot be sent; the message names the row and the column at fault."""
-
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        super().__init__(message)
 
 
 def _is_jinja(template: str) -> bool:
@@ -124,6 +116,18 @@ class PromptBuilder:
         self._template = _compile_template(query_template) if query_template else None
         if family == "workflow" and not self.input_columns:
             raise ValueError("a workflow app needs input_columns (Dify input variable -> column)")
+
+    @classmethod
+    def for_options(cls, options: BatchOptions, app_mode: str, id_column: str) -> PromptBuilder:
+        """The builder for a run of ``options`` against an app of Dify mode ``app_mode``."""
+        return cls(
+            family=MODE_FAMILY[app_mode],
+            id_column=id_column,
+            query_column=options.query_column,
+            query_template=options.query_template,
+            input_columns=options.input_columns,
+            max_prompt_chars=options.max_prompt_chars,
+        )
 
     @property
     def read_columns(self) -> list[str]:

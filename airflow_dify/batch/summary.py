@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from airflow_dify.batch.outcome import SUCCEEDED, RowOutcome
+from airflow_dify.outcome import SUCCEEDED, RowOutcome
 
 
 @dataclass
@@ -25,6 +25,10 @@ class BatchSummary:
     price_by_currency: dict[str, Decimal] = field(default_factory=dict)
     error_codes: Counter[str] = field(default_factory=Counter)
     stopped: str | None = None  # None | "budget" | "killed"
+    #: Which cap stopped a budget-limited run (e.g. "max_total_tokens=2,000 (spent 1,998)").
+    stopped_reason: str | None = None
+    #: With redo="changed": rows left alone because their content is unchanged since answered.
+    skipped_unchanged: int | None = None
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
 
@@ -97,6 +101,8 @@ class BatchSummary:
             "stopped": self.stopped,
             "elapsed_seconds": round(elapsed, 3),
             "rows_per_second": round(self.processed / elapsed, 3) if elapsed > 0 else None,
+            **({"stopped_reason": self.stopped_reason} if self.stopped_reason is not None else {}),
+            **({"skipped_unchanged": self.skipped_unchanged} if self.skipped_unchanged is not None else {}),
         }
 
 

@@ -20,11 +20,12 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from airflow_dify.batch.outcome import ResultColumns
-from airflow_dify.batch.sql_connection import SqlConnection
-from airflow_dify.batch.sql_dialect import Params, quote_identifier
+from airflow_dify.outcome import ResultColumns
 from airflow_dify.report.store import SummaryStore
 from airflow_dify.report.usage import NO_CURRENCY, DailyUsage
+from airflow_dify.sql.connection import SqlConnection
+from airflow_dify.sql.dialects import Params, quote_identifier
+from airflow_dify.sql.paging import keyset_pages
 
 log = logging.getLogger("airflow_dify.report")
 
@@ -102,23 +103,24 @@ class CostReport:
         q_cols = [quote_identifier(n, f"result column {n!r}") for n in names]
         q_at = q_cols[0]
         groups: dict[tuple[dt.date, str], DailyUsage] = {}
-        last: Any = None
-        for _page in range(10**12):  # bounded: every page advances the id strictly
-            with self.db.lock:
-                dialect = self.db.dialect
-                params = Params(dialect, None)
-                terms = [f"{q_at} IS NOT NULL"]
-                if since is not None:
-                    terms.append(f"{q_at} >= {params.add(dialect.adapt('answered_at', _day_start(since)))}")
-                if until is not None:
-                    terms.append(f"{q_at} < {params.add(dialect.adapt('answered_at', _day_start(until)))}")
-                if last is not None:
-                    terms.append(f"{q_id} > {params.add(last)}")
-                sql = (
-                    f"SELECT {q_id}, {', '.join(q_cols)} FROM {q_table} WHERE {' AND '.join(terms)} "
-                    f"ORDER BY {q_id} LIMIT {params.add(_PAGE)}"
-                )
-                rows = self.db.query(sql, params.values)
+
+        def page_query(last: Any) -> tuple[str, Any]:
+            dialect = self.db.dialect
+            params = Params(dialect, None)
+            terms = [f"{q_at} IS NOT NULL"]
+            if since is not None:
+                terms.append(f"{q_at} >= {params.add(dialect.adapt('answered_at', _day_start(since)))}")
+            if until is not None:
+                terms.append(f"{q_at} < {params.add(dialect.adapt('answered_at', _day_start(until)))}")
+            if last is not None:
+                terms.append(f"{q_id} > {params.add(last)}")
+            sql = (
+                f"SELECT {q_id}, {', '.join(q_cols)} FROM {q_table} WHERE {' AND '.join(terms)} "
+                f"ORDER BY {q_id} LIMIT {params.add(_PAGE)}"
+            )
+            return sql, params.values
+
+        for rows in keyset_pages(self.db, _PAGE, page_query):
             for _id, at, status, prompt, completion, total, price, currency, latency in rows:
                 day = utc_date(at)
                 assert day is not None
@@ -127,9 +129,6 @@ class CostReport:
                 if group is None:
                     group = groups[(day, cur)] = DailyUsage(day, table, app, cur)
                 group.add(status, prompt, completion, total, price, latency)
-            if len(rows) < _PAGE:
-                break
-            last = rows[-1][0]
         return [groups[k].finish() for k in sorted(groups)]
 
     def run(

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from airflow_dify.batch.sql_connection import SqlConnection
-from airflow_dify.batch.sql_dialect import Params, quote_identifier
 from airflow_dify.report.usage import DailyUsage
+from airflow_dify.sql.connection import SqlConnection
+from airflow_dify.sql.dialects import Params, quote_identifier
 
 #: (column, PostgreSQL/ANSI type, SQLite type). SQLite keeps dates and prices as text: exact, sortable.
 SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (

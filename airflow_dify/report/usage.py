@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from airflow_dify.batch.outcome import FAILED, SUCCEEDED
+from airflow_dify.outcome import FAILED, SUCCEEDED
 
 #: The currency of rows that carry no price (failed calls, workflow apps).
 NO_CURRENCY = ""

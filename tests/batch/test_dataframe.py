@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from airflow_dify.batch.calls import make_row_caller
 from airflow_dify.batch.dataframe import FrameRows, answer_dataframe
+from airflow_dify.batch.options import BatchOptions
 from airflow_dify.batch.rows import PromptBuilder
-from airflow_dify.batch.runner import run_table_batch
-from airflow_dify.batch.sql_table import SqlTable
+from airflow_dify.batch.run import run_batch
 from airflow_dify.client import DifyClient
+from airflow_dify.sql.table import SqlTable
 from airflow_dify.testing import FakeDify, answer_text, make_usage, prompt_text
 
 GENERATION_PATHS = ("/chat-messages", "/completion-messages", "/workflows/run")
@@ -82,10 +82,8 @@ def test_ten_thousand_rows_match_the_sql_path_row_for_row(
         read_columns=builder.read_columns,
         current_hash=builder.current_hash,
     )
-    table.ensure_result_columns()
-    sql_summary = run_table_batch(
-        table, make_row_caller(client, builder, user="u"), max_concurrency=8, chunk_size=700
-    )
+    options = BatchOptions(app_mode="chat", user="u", max_concurrency=8, chunk_size=700, **kw)
+    sql_summary = run_batch(table, table, client, options)
     table.close()
     assert generation_calls(fake_dify) == 2 * n
     with sqlite3.connect(db) as conn:
@@ -175,7 +173,8 @@ def test_workflow_inputs_and_renamed_columns(fake_dify: FakeDify) -> None:
 
 def test_sql_only_options_and_bad_frames_are_refused(client: DifyClient) -> None:
     builder = PromptBuilder(family="chat", id_column="__position__")
-    rows = FrameRows(pd.DataFrame({"prompt": ["a"]}), builder)
+    rows = FrameRows(pd.DataFrame({"prompt": ["a"]}))
+    rows.prepare(builder.read_columns, builder.current_hash)
     with pytest.raises(ValueError, match="where/shard"):
         rows.count_todo("failed", "x = 1", None, None)
     with pytest.raises(ValueError, match="no column"):

@@ -41,7 +41,7 @@ def test_bound_cost_memory(tmp_path: Path) -> None:
         run = s["bound"][variant]
         assert positive(run["bound_ratio"]) and run["client"]["succeeded"] == s["bound"]["rows"]
         assert run["server"]["admitted"] == s["bound"]["rows"]
-    assert s["bound"]["limited"]["server"]["windows_over_60s"] >= 0
+    assert s["bound"]["limited"]["server"]["windows_over_60s"] == 0  # the RPM budget holds at the server
     assert positive(s["cost"]["cpu_us_per_row"]) and positive(s["cost"]["rows_per_second"])
     profile = s["cost"]["profile"]
     assert all(positive(v) for v in profile["breakdown_cpu_us_per_call"].values())

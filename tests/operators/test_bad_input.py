@@ -41,14 +41,16 @@ def test_bad_rows_fail_alone_with_specific_errors(sqlite_db: SqlDb, fake_dify: F
         max_failed_ratio=1.0,
     )
     assert state == "success"
-    rows = {r[0]: r for r in sqlite_db.query(f"SELECT id, status, error, answer FROM {table}")}
+    rows = {r["id"]: r for r in sqlite_db.records(f"SELECT id, status, error, answer FROM {table}")}
     assert len(rows) == 6  # nothing lost
-    assert rows[1][1] == "failed" and "row 1" in rows[1][2] and "NULL" in rows[1][2]
-    assert rows[2][1] == "failed" and "row 2" in rows[2][2] and "empty" in rows[2][2]
-    assert rows[3][1] == "failed" and "501 characters" in rows[3][2] and "max_prompt_chars=500" in rows[3][2]
-    assert rows[6][1] == "failed" and "UTF-8" in rows[6][2]
-    assert rows[4][1] == rows[5][1] == "succeeded"
-    assert rows[4][3] == "Answer: fine 🙂 中文 ✓"  # emoji and CJK round-trip exactly
+    status = {i: r["status"] for i, r in rows.items()}
+    error = {i: r["error"] or "" for i, r in rows.items()}
+    assert status[1] == "failed" and "row 1" in error[1] and "NULL" in error[1]
+    assert status[2] == "failed" and "row 2" in error[2] and "empty" in error[2]
+    assert status[3] == "failed" and "501 characters" in error[3] and "max_prompt_chars=500" in error[3]
+    assert status[6] == "failed" and "UTF-8" in error[6]
+    assert status[4] == status[5] == "succeeded"
+    assert rows[4]["answer"] == "Answer: fine 🙂 中文 ✓"  # emoji and CJK round-trip exactly
     sent = [r.body["query"] for r in fake_dify.requests if r.path == "/chat-messages"]
     assert sorted(sent) == ["also fine", "fine 🙂 中文 ✓"]  # no call for the bad rows
     assert summary["failed"] == 4 and summary["error_codes"]["empty_prompt"] == 2

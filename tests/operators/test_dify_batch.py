@@ -70,7 +70,7 @@ def test_every_written_column_matches_the_request_log(
     try:
         state, summary = run_batch_dag(f"op_{mode}_{sql_db.kind}", **kwargs)
         assert state == "success"
-        rows = {r[0]: r for r in sql_db.query(f"SELECT {RESULT_COLS} FROM {table}")}
+        rows = {r["id"]: r for r in sql_db.records(f"SELECT {RESULT_COLS} FROM {table}")}
     finally:
         sql_db.drop(table)
     records = generation_records(fake_dify)
@@ -87,25 +87,26 @@ def test_every_written_column_matches_the_request_log(
     for row_id, prompt in prompts(40):
         row = rows[row_id]
         resp = by_prompt[prompt].response
-        assert row[2] == "succeeded" and row[3] is None and row[13] == 1
+        assert row["status"] == "succeeded" and row["error"] is None and row["attempts"] == 1
         if mode == "workflow":
-            assert json.loads(row[1]) == resp["data"]["outputs"]
-            assert row[6] == resp["data"]["total_tokens"] and row[7] is None
-            assert row[10] == resp["workflow_run_id"]
+            assert json.loads(row["answer"]) == resp["data"]["outputs"]
+            assert row["total_tokens"] == resp["data"]["total_tokens"] and row["total_price"] is None
+            assert row["message_id"] == resp["workflow_run_id"]
             expected_tokens += resp["data"]["total_tokens"]
         else:
             usage = resp["metadata"]["usage"]
-            assert row[1] == resp["answer"]
-            assert (row[4], row[5], row[6]) == (
+            assert row["answer"] == resp["answer"]
+            assert (row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == (
                 usage["prompt_tokens"],
                 usage["completion_tokens"],
                 usage["total_tokens"],
             )
-            assert Decimal(str(row[7])) == Decimal(usage["total_price"]) and row[8] == usage["currency"]
-            assert row[10] == resp["message_id"]
-            assert row[11] == (resp.get("conversation_id") or None)
+            assert Decimal(str(row["total_price"])) == Decimal(usage["total_price"])
+            assert row["currency"] == usage["currency"]
+            assert row["message_id"] == resp["message_id"]
+            assert row["conversation_id"] == (resp.get("conversation_id") or None)
             expected_tokens += usage["total_tokens"]
-        assert row[9] is not None and row[9] >= 0 and row[12] is not None
+        assert row["latency_ms"] is not None and row["latency_ms"] >= 0 and row["answered_at"] is not None
     assert summary["succeeded"] == 40 and summary["failed"] == 0 and summary["rows_selected"] == 40
     assert summary["total_tokens"] == expected_tokens
 
@@ -170,9 +171,10 @@ def test_redo_modes_where_template_inputs_and_custom_columns(
     recs = generation_records(fake_dify)
     assert sorted(r.body["query"] for r in recs) == sorted(f"subject {i} / body {i}" for i in range(2, 11, 2))
     assert all(r.body["inputs"] == {"language": "en"} for r in recs)
-    rows = sqlite_db.query(f"SELECT id, category, dify_status FROM {table} ORDER BY id")
-    assert [r[2] for r in rows] == [None, "succeeded"] * 5
-    assert rows[1][1] == recs[[r.body["query"] for r in recs].index("subject 2 / body 2")].response["answer"]
+    rows = sqlite_db.records(f"SELECT id, category, dify_status FROM {table} ORDER BY id")
+    assert [r["dify_status"] for r in rows] == [None, "succeeded"] * 5
+    asked = [r.body["query"] for r in recs]
+    assert rows[1]["category"] == recs[asked.index("subject 2 / body 2")].response["answer"]
 
     fake_dify.reset()
     sqlite_db.execute(f"UPDATE {table} SET dify_status = 'failed' WHERE id = 4")

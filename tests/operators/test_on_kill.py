@@ -100,20 +100,21 @@ def test_sigterm_mid_run_saves_finished_calls_and_leaves_the_rest_pending(
     assert result["state"] == "failed"
     summary = result["summary"]
     assert summary["stopped"] == "killed"
-    rows = sqlite_db.query(f"SELECT id, status, {RESULT_COLUMNS} FROM {table} ORDER BY id")
-    done = [r for r in rows if r[1] is not None]
-    pending = [r for r in rows if r[1] is None]
+    rows = sqlite_db.records(f"SELECT id, status, {RESULT_COLUMNS} FROM {table} ORDER BY id")
+    done = [r for r in rows if r["status"] is not None]
+    pending = [r for r in rows if r["status"] is None]
     assert len(done) == summary["processed"] and summary["succeeded"] == len(done)
     assert 0 < len(done) < ROWS and len(pending) == ROWS - len(done)
     # Every answer Dify returned (and billed) was written back: nothing paid for is lost.
     assert generation_calls(fake_dify) == len(done)
     # No half-written row: a result is complete, a pending row has no result column set.
     for row in done:
-        _, status, answer, error, prompt_t, completion_t, total_t, message_id, answered_at = row
-        assert status == "succeeded" and error is None
-        assert answer and message_id and answered_at
-        assert total_t == prompt_t + completion_t > 0
-    assert all(value is None for row in pending for value in row[2:])
+        assert row["status"] == "succeeded" and row["error"] is None
+        assert row["answer"] and row["message_id"] and row["answered_at"]
+        assert row["total_tokens"] == row["prompt_tokens"] + row["completion_tokens"] > 0
+    assert all(
+        value is None for row in pending for name, value in row.items() if name not in ("id", "status")
+    )
 
     # A re-run (the retry) does only the pending rows: every row answered, none paid twice.
     fake_dify.latency = 0.0

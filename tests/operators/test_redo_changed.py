@@ -55,9 +55,9 @@ def test_edit_three_of_hundred_rows_makes_exactly_three_calls(sql_db: SqlDb, fak
     try:
         state, summary = run_batch_dag(f"changed_first_{sql_db.kind}", **kwargs)
         assert state == "success" and summary["succeeded"] == 100
-        before = {r[0]: r for r in sql_db.query(f"SELECT {cols} FROM {table}")}
+        before = {r["id"]: r for r in sql_db.records(f"SELECT {cols} FROM {table}")}
         for i, row in before.items():
-            assert row[3] == sha(f"Question {i}", {"language": "en" if i % 2 else "de"}), i
+            assert row["input_hash"] == sha(f"Question {i}", {"language": "en" if i % 2 else "de"}), i
 
         # Nothing edited: a 'changed' re-run reads every row and calls nothing.
         fake_dify.reset()
@@ -73,16 +73,17 @@ def test_edit_three_of_hundred_rows_makes_exactly_three_calls(sql_db: SqlDb, fak
         assert state == "success"
         assert chat_queries(fake_dify) == ["Edited question", "Edited question", "Question 33"]
         assert summary["succeeded"] == 3 and summary["skipped_unchanged"] == 97
-        after = {r[0]: r for r in sql_db.query(f"SELECT {cols} FROM {table}")}
+        after = {r["id"]: r for r in sql_db.records(f"SELECT {cols} FROM {table}")}
     finally:
         sql_db.drop(table)
-    assert after[17][2] == "Answer: Edited question | language=en"
-    assert after[64][2] == "Answer: Edited question | language=de"
-    assert after[33][2] == "Answer: Question 33 | language=fr"
-    assert after[17][3] == sha("Edited question", {"language": "en"})
-    assert after[33][3] == sha("Question 33", {"language": "fr"})
+    assert after[17]["answer"] == "Answer: Edited question | language=en"
+    assert after[64]["answer"] == "Answer: Edited question | language=de"
+    assert after[33]["answer"] == "Answer: Question 33 | language=fr"
+    assert after[17]["input_hash"] == sha("Edited question", {"language": "en"})
+    assert after[33]["input_hash"] == sha("Question 33", {"language": "fr"})
     for i in (17, 33, 64):
-        assert after[i][3] != before[i][3] and after[i][4] != before[i][4]
+        assert after[i]["input_hash"] != before[i]["input_hash"]
+        assert after[i]["message_id"] != before[i]["message_id"]
     for i in set(before) - {17, 33, 64}:
         assert after[i] == before[i], i  # not re-asked, not re-written
 
@@ -119,7 +120,7 @@ def test_changed_also_takes_pending_and_pre_hash_rows_but_not_unchanged_failures
 def test_changed_needs_a_hash_function(sqlite_db: SqlDb) -> None:
     import sqlite3
 
-    from airflow_dify.batch.sql_table import SqlTable
+    from airflow_dify.sql.table import SqlTable
 
     table = unique_table()
     sqlite_db.create_prompts(table, [(1, "a")])

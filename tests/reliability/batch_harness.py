@@ -9,13 +9,12 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from airflow_dify.batch.calls import make_row_caller
-from airflow_dify.batch.rows import PromptBuilder
-from airflow_dify.batch.runner import run_table_batch
-from airflow_dify.batch.sql_table import SqlTable
+from airflow_dify.batch.options import BatchOptions
+from airflow_dify.batch.run import run_batch as _run_batch
 from airflow_dify.batch.summary import BatchSummary
 from airflow_dify.client import DifyClient, RetryPolicy
 from airflow_dify.client.models import MODE_FAMILY
+from airflow_dify.sql.table import SqlTable
 from airflow_dify.testing import FakeDify
 
 FAST_RETRY = RetryPolicy(
@@ -33,6 +32,22 @@ def make_table(db_path: Path, n: int, prompt: Callable[[int], Any] = lambda i: f
         db.commit()
 
 
+class _CountingClient:
+    """The real client, calling ``after_call()`` once each row's call has returned."""
+
+    def __init__(self, client: DifyClient, after_call: Callable[[], None]) -> None:
+        self._client, self._after_call = client, after_call
+
+    def info(self) -> Any:
+        return self._client.info()
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._client.call(*args, **kwargs)
+        finally:
+            self._after_call()
+
+
 def run_batch(
     fake: FakeDify,
     db_path: Path,
@@ -43,28 +58,25 @@ def run_batch(
     timeout: tuple[float, float] = (2.0, 5.0),
     response_mode: str | None = None,
     concurrency: int = 4,
-    wrap: Callable[[Callable], Callable] | None = None,
+    after_call: Callable[[], None] | None = None,
     **run_kw: Any,
 ) -> BatchSummary:
-    family = MODE_FAMILY[mode]
-    builder = PromptBuilder(
-        family=family,
-        id_column="id",
-        query_column="prompt",
-        input_columns={"question": "prompt"} if family == "workflow" else None,
+    """The one batch path over table ``t`` (workflows get the prompt as input ``question``)."""
+    workflow = MODE_FAMILY[mode] == "workflow"
+    options = BatchOptions(
+        app_mode=mode,
+        user="reliability",
+        response_mode=response_mode,
+        max_concurrency=concurrency,
+        chunk_size=5,
+        input_columns={"question": "prompt"} if workflow else {},
+        **run_kw,
     )
     client = DifyClient(fake.url, auth or fake.app(mode).key, timeout=timeout, retry=retry)
-    table = SqlTable(
-        lambda: sqlite3.connect(db_path), "t", dialect="sqlite", read_columns=builder.read_columns
-    )
+    table = SqlTable(lambda: sqlite3.connect(db_path), "t", dialect="sqlite")
     try:
-        table.ensure_result_columns()
-        call_row = make_row_caller(
-            client, builder, user="reliability", response_mode=response_mode, app_mode=mode
-        )
-        if wrap is not None:
-            call_row = wrap(call_row)
-        return run_table_batch(table, call_row, max_concurrency=concurrency, chunk_size=5, **run_kw)
+        caller = client if after_call is None else _CountingClient(client, after_call)
+        return _run_batch(table, table, caller, options)
     finally:
         table.close()
         client.close()

@@ -131,17 +131,12 @@ def test_tokens_revoked_mid_run_refresh_once(db: Path) -> None:
         auth = _oauth(fake)
         done = []
 
-        def wrap(call_row):
-            def call(row):
-                outcome = call_row(row)
-                done.append(row["id"])
-                if len(done) == 8:
-                    fake.revoke_tokens()
-                return outcome
+        def after_call() -> None:
+            done.append(1)
+            if len(done) == 8:
+                fake.revoke_tokens()
 
-            return call
-
-        summary = run_batch(fake, db, auth=auth, wrap=wrap, concurrency=2)
+        summary = run_batch(fake, db, auth=auth, after_call=after_call, concurrency=2)
         assert summary.succeeded == N, summary.to_dict()
         assert fake.token_requests == 2  # one fetch, one refresh after the 401s
         assert any(r.status == 401 for r in fake.requests)

@@ -9,8 +9,8 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from airflow_dify.batch.outcome import FAILED, SUCCEEDED, RowOutcome
-from airflow_dify.batch.sql_table import SqlTable
+from airflow_dify.outcome import FAILED, SUCCEEDED, RowOutcome
+from airflow_dify.sql.table import SqlTable
 from airflow_dify.testing import answer_text, make_usage
 from tests.sql_fixtures import PG, SqlDb
 

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from airflow_dify.batch.calls import make_row_caller
-from airflow_dify.batch.rows import PromptBuilder
-from airflow_dify.batch.runner import run_table_batch
-from airflow_dify.batch.sql_table import SqlTable
+from airflow_dify.batch.options import BatchOptions
+from airflow_dify.batch.run import run_batch
 from airflow_dify.client import DifyClient
+from airflow_dify.sql.table import SqlTable
 from airflow_dify.testing import FakeDify
 from tests.airflow_run import load_dag, xcom
 from tests.report.report_helpers import connector, make_answered_table, source_truth
@@ -33,13 +32,11 @@ def answer_with_fake(sql_db: SqlDb, fake: FakeDify, table: str, n: int) -> None:
     sql_db.create_prompts(
         table, [(i, f"Summarise review {i}: " + "good " * (i % 50)) for i in range(1, n + 1)]
     )
-    builder = PromptBuilder(family="chat", id_column="id")
     with (
         DifyClient(fake.url, fake.app("chat").key) as client,
-        SqlTable(connector(sql_db), table, dialect=sql_db.kind, read_columns=builder.read_columns) as sink,
+        SqlTable(connector(sql_db), table, dialect=sql_db.kind) as sink,
     ):
-        sink.ensure_result_columns()
-        summary = run_table_batch(sink, make_row_caller(client, builder, user="u"), max_concurrency=8)
+        summary = run_batch(sink, sink, client, BatchOptions(app_mode="chat", user="u", max_concurrency=8))
     assert summary.succeeded == n
 
 
@@ -64,7 +61,7 @@ def test_cost_report_dag_on_answered_tables(sql_db: SqlDb, fake_dify: FakeDify, 
         ti = next(t for t in dr.get_task_instances() if t.task_id == "cost_report")
         assert str(ti.state) == "success"
         result = xcom("example_dify_cost_report", dr.run_id, task_id="cost_report")
-        stored = sql_db.query(
+        stored = sql_db.records(
             "SELECT table_name, currency, row_count, failed_count, total_tokens, total_price, date "
             f"FROM {summary}"
         )
@@ -75,12 +72,13 @@ def test_cost_report_dag_on_answered_tables(sql_db: SqlDb, fake_dify: FakeDify, 
             sql_db.drop(t)
 
     for table in (synthetic, live):
-        rows = [r for r in stored if r[0] == table]
-        assert sum(r[2] for r in rows) == sum(g["rows"] for g in truth[table].values())
-        assert sum(r[3] for r in rows) == sum(g["failed"] for g in truth[table].values())
-        assert sum(r[4] for r in rows) == sum(g["total"] for g in truth[table].values())
-        assert sum(Decimal(str(r[5])) for r in rows) == sum(g["price"] for g in truth[table].values())
-    days = {r[6] if isinstance(r[6], str) else r[6].isoformat() for r in stored}
+        rows = [r for r in stored if r["table_name"] == table]
+        assert sum(r["row_count"] for r in rows) == sum(g["rows"] for g in truth[table].values())
+        assert sum(r["failed_count"] for r in rows) == sum(g["failed"] for g in truth[table].values())
+        assert sum(r["total_tokens"] for r in rows) == sum(g["total"] for g in truth[table].values())
+        stored_price = sum(Decimal(str(r["total_price"])) for r in rows)
+        assert stored_price == sum(g["price"] for g in truth[table].values())
+    days = {r["date"] if isinstance(r["date"], str) else r["date"].isoformat() for r in stored}
     assert days == {(since + dt.timedelta(days=i)).isoformat() for i in range(14)}
     all_price = sum((g["price"] for t in truth.values() for g in t.values()), Decimal(0))
     assert Decimal(result["total_price_by_currency"]["USD"]) == all_price

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from airflow_dify.batch.outcome import FAILED, SUCCEEDED, RowOutcome
-from airflow_dify.batch.sql_table import InvalidText, SqlTable, SqlWriteError
+from airflow_dify.outcome import FAILED, SUCCEEDED, RowOutcome
+from airflow_dify.sql.table import InvalidText, SqlTable, SqlWriteError
 
 PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=5"
-LOGGER = "airflow_dify.batch.sql_table"
+LOGGER = "airflow_dify.sql.table"
 
 
 class Backend:
@@ -33,6 +33,16 @@ class Backend:
         try:
             conn.cursor().execute(sql, params) if params is not None else conn.cursor().execute(sql)
             conn.commit()
+        finally:
+            conn.close()
+
+    def records(self, sql: str) -> list[dict[str, Any]]:
+        conn = self.connect()
+        try:
+            cur = conn.cursor()
+            cur.execute(sql)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
         finally:
             conn.close()
 
@@ -107,28 +117,37 @@ def test_full_outcome_round_trips_exactly(db: Backend) -> None:
         ),
     ]
     table.write_results(outcomes)
-    rows = db.fetch(
+    rows = db.records(
         f"SELECT id, answer, status, error, prompt_tokens, completion_tokens, total_tokens, total_price, "
         "currency, latency_ms, message_id, conversation_id, answered_at, attempts "
         f"FROM {db.table} ORDER BY id"
     )
     first = rows[0]
-    assert first[1] == text
-    assert first[2:7] == (SUCCEEDED, None, 2**40, 7, 2**40 + 7)
-    assert first[8:12] == ("USD", 1234, outcomes[0].message_id, outcomes[0].conversation_id)
-    assert first[13] == 2
+    assert first["answer"] == text
+    assert (first["status"], first["error"]) == (SUCCEEDED, None)
+    assert (first["prompt_tokens"], first["completion_tokens"], first["total_tokens"]) == (
+        2**40,
+        7,
+        2**40 + 7,
+    )
+    assert (first["currency"], first["latency_ms"]) == ("USD", 1234)
+    assert (first["message_id"], first["conversation_id"]) == (
+        outcomes[0].message_id,
+        outcomes[0].conversation_id,
+    )
+    assert first["attempts"] == 2
     for row, price in zip(rows, prices, strict=True):
-        stored = row[7]
+        stored = row["total_price"]
         # Exact: SQLite keeps the decimal string, PostgreSQL NUMERIC returns a Decimal.
         assert isinstance(stored, str if db.dialect == "sqlite" else Decimal)
         assert Decimal(stored) == price
-    answered = first[12]
+    answered = first["answered_at"]
     if db.dialect == "sqlite":
         assert answered == "2024-05-01T12:30:15.123456+00:00"  # ISO-8601, normalised to UTC
         answered = dt.datetime.fromisoformat(answered)
     assert answered == when
     assert answered.utcoffset() == dt.timedelta(0) or db.dialect == "postgres"
-    assert rows[2][2:4] == (FAILED, "400 invalid_param: bad")
+    assert (rows[2]["status"], rows[2]["error"]) == (FAILED, "400 invalid_param: bad")
     assert table.count_todo(redo="failed") == 1
     assert table.count_todo(redo="pending") == 0
 

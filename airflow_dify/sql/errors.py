@@ -1,4 +1,4 @@
-"""Errors raised by the SQL table source/sink (kept apart so callers can import them cheaply)."""
+"""Errors of the SQL toolkit: a table or setting that cannot be used, results that cannot be written."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from airflow_dify.batch.sql_dialect import Dialect, sqlite_text_factory
+from airflow_dify.sql.dialects import Dialect, sqlite_text_factory
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,8 @@
-"""What the engine produces per row and what the SQL sink writes back."""
+"""The contract between the engine and every row source / result sink: outcomes and column names.
+
+Kept below both the engine (``batch/``) and the sinks (``sql/``, the DataFrame path) so neither
+imports the other.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,13 @@ from typing import Any
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"
+#: Which rows a run selects: NULL status only, also failed ones, every row, or rows whose content
+#: changed since they were answered (compared by ``input_hash``).
+REDO_MODES = ("pending", "failed", "all", "changed")
+#: Key under which sources put each row's current status value.
+STATUS_KEY = "__status__"
+#: Key under which sources put each row's stored input_hash (``redo="changed"``).
+HASH_KEY = "__input_hash__"
 
 
 @dataclass(frozen=True)
@@ -76,3 +87,15 @@ class RowOutcome:
 
 #: Logical names of the result columns, in ResultColumns order (computed once: hot path).
 COLUMN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ResultColumns))
+
+
+def check_shard(shard: Any) -> tuple[int, int]:
+    """``(index, count)`` with ``0 <= index < count``, or ValueError naming what is wrong."""
+    try:
+        index, count = shard
+    except (TypeError, ValueError):
+        raise ValueError(f"shard: expected (index, count), got {shard!r}") from None
+    ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (index, count))
+    if not ok or count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard: expected integers with 0 <= shard_index < shard_count, got {shard!r}")
+    return index, count

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from airflow_dify.batch.outcome import ResultColumns, RowOutcome
-from airflow_dify.batch.sql_table import STATUS_KEY, SqlTable, SqlTableError
+from airflow_dify.outcome import ResultColumns, RowOutcome
+from airflow_dify.sql.table import STATUS_KEY, SqlTable, SqlTableError
 
 PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=5"
 

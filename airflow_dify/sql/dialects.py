@@ -1,4 +1,4 @@
-"""SQL dialect details for the table source/sink: identifiers, column types, parameters, values.
+"""SQL dialect details: identifiers, column types, parameters, values.
 
 Only three dialects are known: ``sqlite``, ``postgres`` (psycopg 3 or psycopg2) and ``generic``
 (any other DB-API driver, best effort: ANSI types, ``LIMIT`` paging, the driver's paramstyle).
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from airflow_dify.batch.sql_errors import SqlTableError
+from airflow_dify.sql.errors import SqlTableError
 
 DIALECTS = ("sqlite", "postgres", "generic")
 

@@ -32,10 +32,19 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from airflow_dify.batch.outcome import FAILED, ResultColumns, RowOutcome
-from airflow_dify.batch.sql_connection import SqlConnection, error_brief
-from airflow_dify.batch.sql_dialect import DIALECTS, InvalidText, Params, quote_identifier
-from airflow_dify.batch.sql_errors import SqlTableError, SqlWriteError
+from airflow_dify.outcome import (
+    FAILED,
+    HASH_KEY,
+    REDO_MODES,
+    STATUS_KEY,
+    ResultColumns,
+    RowOutcome,
+    check_shard,
+)
+from airflow_dify.sql.connection import SqlConnection, error_brief
+from airflow_dify.sql.dialects import DIALECTS, InvalidText, Params, quote_identifier
+from airflow_dify.sql.errors import SqlTableError, SqlWriteError
+from airflow_dify.sql.paging import keyset_pages
 
 __all__ = [
     "HASH_KEY",
@@ -48,12 +57,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-REDO_MODES = ("pending", "failed", "all", "changed")
-#: Key under which iter_chunks() puts each row's current status value.
-STATUS_KEY = "__status__"
-#: Key under which iter_chunks(redo="changed") puts each row's stored input_hash.
-HASH_KEY = "__input_hash__"
 
 
 class SqlTable:
@@ -88,30 +91,47 @@ class SqlTable:
     ) -> None:
         if dialect not in DIALECTS:
             raise SqlTableError(f"dialect: {dialect!r} is not one of {list(DIALECTS)}")
-        if isinstance(read_columns, str):
-            raise SqlTableError("read_columns: expected a sequence of column names, got a string")
         if int(write_retries) < 0 or float(write_backoff) < 0:
             raise SqlTableError("write_retries and write_backoff must be >= 0")
         self.dialect_name = dialect
         self.table = table
         self.id_column = id_column
-        self.read_columns = list(dict.fromkeys(c for c in read_columns if c != id_column))
         self.columns = columns
         self.write_retries = int(write_retries)
         self.write_backoff = float(write_backoff)
         # Quote everything now: a bad name fails at construction, naming the setting.
         self._q_table = quote_identifier(table, "table", qualified=True)
         self._q_id = quote_identifier(id_column, "id_column")
-        self._q_read = [quote_identifier(c, f"read_columns[{i}]") for i, c in enumerate(self.read_columns)]
         self._q_result = {f: quote_identifier(c, f"result_columns.{f}") for f, c in columns.items()}
         names = [c for _, c in columns.items()]
         dupes = sorted({c for c in names if names.count(c) > 1} | ({id_column} & set(names)))
         if dupes:
             raise SqlTableError(f"result_columns: names {dupes} are used twice or clash with id_column")
         self._db = SqlConnection(connect, dialect)
-        self.current_hash = current_hash
+        self._bind(read_columns, current_hash)
         #: Rows redo="changed" read but left alone because their content is unchanged.
         self.skipped_unchanged = 0
+
+    def _bind(
+        self, read_columns: Sequence[str], current_hash: Callable[[Mapping[str, Any]], str | None] | None
+    ) -> None:
+        if isinstance(read_columns, str):
+            raise SqlTableError("read_columns: expected a sequence of column names, got a string")
+        self.read_columns = list(dict.fromkeys(c for c in read_columns if c != self.id_column))
+        self._q_read = [quote_identifier(c, f"read_columns[{i}]") for i, c in enumerate(self.read_columns)]
+        self.current_hash = current_hash
+
+    def prepare(
+        self, read_columns: Sequence[str], current_hash: Callable[[Mapping[str, Any]], str | None]
+    ) -> None:
+        """Take the batch's prompt columns, check the table, ids and columns, add result columns.
+
+        Everything here runs before the first Dify call, so a table that cannot work costs nothing.
+        """
+        self._bind(read_columns, current_hash)
+        self.validate()
+        self.check_unique_ids()
+        self.ensure_result_columns()
 
     def __repr__(self) -> str:
         return f"SqlTable(table={self.table!r}, dialect={self.dialect_name!r}, id_column={self.id_column!r})"
@@ -223,7 +243,7 @@ class SqlTable:
             terms.append(f"({where})")
             params.add_user()
         if shard is not None:
-            index, count = _check_shard(shard)
+            index, count = check_shard(shard)
             # ((id % n) + n) % n is a true modulo for negative ids too (% truncates on both engines).
             m, i = self._db.dialect.modulo, self._q_id
             n1 = params.add(count)  # placeholders are added in the order they appear in the text
@@ -306,25 +326,21 @@ class SqlTable:
         extra = [self._q_result["input_hash"] if has_hash else "NULL"] if redo == "changed" else []
         select = ", ".join([self._q_id, *self._q_read, status_expr, *extra])
         keys = [self.id_column, *self.read_columns, STATUS_KEY, *([HASH_KEY] if extra else [])]
-        last: Any = None
-        for _page in range(10**12):  # bounded: each page advances the id strictly
-            with self._db.lock:
-                params = Params(self._db.dialect, where_parameters)
-                terms = self._filter(params, redo, where, shard, has_status)
-                if last is not None:
-                    terms.append(f"{self._q_id} > {params.add(last)}")
-                sql = (
-                    f"SELECT {select} FROM {self._q_table}"
-                    + (" WHERE " + " AND ".join(terms) if terms else "")
-                    + f" ORDER BY {self._q_id} LIMIT {params.add(chunk_size)}"
-                )
-                rows = self._db.query(sql, params.values)
-            if not rows:
-                return
+
+        def page_query(last: Any) -> tuple[str, Any]:
+            params = Params(self._db.dialect, where_parameters)
+            terms = self._filter(params, redo, where, shard, has_status)
+            if last is not None:
+                terms.append(f"{self._q_id} > {params.add(last)}")
+            sql = (
+                f"SELECT {select} FROM {self._q_table}"
+                + (" WHERE " + " AND ".join(terms) if terms else "")
+                + f" ORDER BY {self._q_id} LIMIT {params.add(chunk_size)}"
+            )
+            return sql, params.values
+
+        for rows in keyset_pages(self._db, chunk_size, page_query):
             yield [dict(zip(keys, row, strict=True)) for row in rows]
-            if len(rows) < chunk_size:
-                return
-            last = rows[-1][0]
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -384,14 +400,3 @@ class SqlTable:
 def _stripped(value: Any) -> Any:
     # A CHAR column on a generic engine may pad; hex digests never contain spaces.
     return value.strip() if isinstance(value, str) else value
-
-
-def _check_shard(shard: Any) -> tuple[int, int]:
-    try:
-        index, count = shard
-    except (TypeError, ValueError):
-        raise ValueError(f"shard: expected (index, count), got {shard!r}") from None
-    ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (index, count))
-    if not ok or count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard: expected integers with 0 <= index < count, got {shard!r}")
-    return index, count

@@ -1,0 +1,170 @@
+"""BatchOptions: everything one batch run is told, checked once, shared by every entry point.
+
+The operator, the DataFrame functions and the benchmarks all build one of these and hand it to
+:func:`airflow_dify.batch.run.run_batch`; adding an option means a field here, the operator's
+signature and docstring, and the code that uses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from airflow_dify.client.models import MODE_FAMILY
+from airflow_dify.outcome import REDO_MODES, ResultColumns, check_shard
+
+DEFAULT_MAX_PROMPT_CHARS = 100_000
+#: Concurrency when neither the connection nor the caller sets one.
+DEFAULT_MAX_CONCURRENCY = 8
+RESPONSE_MODES = ("blocking", "streaming")
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """Options of one batch run; invalid values raise ValueError naming the option.
+
+    What each row sends:
+
+    :param app_mode: Dify app mode (``chat``, ``advanced-chat``, ``agent-chat``, ``completion``,
+        ``workflow``); None = ask Dify (GET /info) at the start of the run.
+    :param query_column: column holding the chat/completion query.
+    :param query_template: per-row template instead of ``query_column`` (Jinja or ``str.format``).
+    :param input_columns: Dify input variable -> column (required for workflows).
+    :param user: Dify end-user id sent with every call.
+    :param response_mode: ``blocking`` or ``streaming``; None = blocking, streaming where required.
+    :param max_prompt_chars: longer prompts fail their row without a call.
+
+    Which rows:
+
+    :param redo: ``pending``, ``failed``, ``all`` or ``changed``.
+    :param where: extra SQL filter (SQL sources only); ``where_parameters`` its bound values.
+    :param shard: ``(index, count)``: only this shard's rows (SQL sources only).
+    :param chunk_size: rows read per page.
+
+    Results, limits and money:
+
+    :param result_columns: rename result columns, e.g. ``{"answer": "category"}``.
+    :param max_concurrency: calls at once; None = the connection's limit, else 8.
+    :param requests_per_minute: tighten the connection's request budget.
+    :param tokens_per_minute: tighten the connection's token budget.
+    :param pool_name: share a rate-limit budget by name instead of by connection identity.
+    :param max_total_tokens: budget cap in tokens; rows never started stay pending.
+    :param max_total_price: budget cap in money (decimal string or number).
+    :param max_failed_ratio: the caller fails when failed/processed exceeds it (None = never).
+    :param resend_maybe_billed: re-send calls that may already have run and been billed.
+    :param progress_seconds: seconds between progress log lines.
+    """
+
+    app_mode: str | None = None
+    query_column: str | None = "prompt"
+    query_template: str | None = None
+    input_columns: Mapping[str, str] = field(default_factory=dict)
+    user: str = "airflow-dify"
+    response_mode: str | None = None
+    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
+    redo: str = "failed"
+    where: str | None = None
+    where_parameters: Any = None
+    shard: tuple[int, int] | None = None
+    chunk_size: int = 100
+    result_columns: ResultColumns = field(default_factory=ResultColumns)
+    max_concurrency: int | None = None
+    requests_per_minute: float | None = None
+    tokens_per_minute: int | None = None
+    pool_name: str | None = None
+    max_total_tokens: int | None = None
+    max_total_price: Decimal | None = None
+    max_failed_ratio: float | None = 0.0
+    resend_maybe_billed: bool = False
+    progress_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        # Coerce the friendly forms callers pass (a mapping of renames, a price as text).
+        if not isinstance(self.result_columns, ResultColumns):
+            renames = dict(self.result_columns or {})
+            object.__setattr__(self, "result_columns", ResultColumns.with_overrides(renames))
+        object.__setattr__(self, "input_columns", dict(self.input_columns or {}))
+        object.__setattr__(self, "max_total_price", _price(self.max_total_price))
+        if self.shard is not None:
+            object.__setattr__(self, "shard", check_shard(self.shard))
+        self._check()
+
+    def _check(self) -> None:
+        if self.app_mode is not None and self.app_mode not in MODE_FAMILY:
+            raise ValueError(f"app_mode must be one of {', '.join(MODE_FAMILY)}, got {self.app_mode!r}")
+        if self.redo not in REDO_MODES:
+            raise ValueError(f"redo must be one of {', '.join(REDO_MODES)}, got {self.redo!r}")
+        if self.response_mode not in (None, *RESPONSE_MODES):
+            raise ValueError(f"response_mode must be blocking or streaming, got {self.response_mode!r}")
+        ratio = self.max_failed_ratio
+        if ratio is not None and not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"max_failed_ratio must be between 0 and 1, got {ratio}")
+        _positive("chunk_size", self.chunk_size)
+        _positive("max_prompt_chars", self.max_prompt_chars)
+        if self.max_concurrency is not None:
+            _positive("max_concurrency", self.max_concurrency)
+        if self.max_total_tokens is not None:
+            _positive("max_total_tokens", self.max_total_tokens)
+        if not isinstance(self.user, str) or not self.user.strip():
+            raise ValueError("user must be a non-empty end-user id, e.g. 'airflow-<dag_id>'")
+
+    def replace(self, **changes: Any) -> BatchOptions:
+        """A copy with ``changes`` applied (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def concurrency(self) -> int:
+        """Calls at once: the option, else the default."""
+        return self.max_concurrency or DEFAULT_MAX_CONCURRENCY
+
+    def selection(self) -> dict[str, Any]:
+        """The row-selection arguments of a source's ``count_todo``/``iter_chunks``."""
+        return {
+            "redo": self.redo,
+            "where": self.where,
+            "where_parameters": self.where_parameters,
+            "shard": self.shard,
+        }
+
+
+def option_names() -> tuple[str, ...]:
+    """Field names, for entry points that take options as keyword arguments."""
+    return tuple(f.name for f in dataclasses.fields(BatchOptions))
+
+
+def shard_from(index: Any, count: Any) -> tuple[int, int] | None:
+    """``(index, count)`` from the operator's two arguments (both or neither)."""
+    if index is None and count is None:
+        return None
+    if index is None or count is None:
+        raise ValueError("shard_index and shard_count must be given together")
+    return check_shard((int(index), int(count)))
+
+
+def _price(value: Any) -> Decimal | None:
+    if value is None or value == "":
+        return None
+    try:
+        price = value if isinstance(value, Decimal) else Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"max_total_price must be a decimal amount, got {value!r}") from None
+    if not price.is_finite() or price < 0:
+        raise ValueError(f"max_total_price must be a finite amount >= 0, got {value!r}")
+    return price
+
+
+def _positive(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+__all__ = [
+    "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_MAX_PROMPT_CHARS",
+    "BatchOptions",
+    "option_names",
+    "shard_from",
+]

@@ -1,0 +1,157 @@
+"""``run_batch``: the one batch path. Rows from a source -> Dify calls under the pool -> a sink.
+
+Every entry point (the operator, the DataFrame functions, the benchmarks) calls this function:
+it resolves the app's mode, binds the prompt columns to the source, runs the calls with at most
+``max_concurrency`` rows outstanding, and writes results in group commits as they complete
+(every outcome ready at that moment in one transaction), so a crash loses at most
+``max_concurrency`` answered rows and a slow call never holds finished rows back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from itertools import chain
+from typing import Any, Protocol
+
+from airflow_dify.batch.budget import BudgetGuard
+from airflow_dify.batch.calls import SupportsCall, make_row_caller
+from airflow_dify.batch.engine import CallPool, StopSignal
+from airflow_dify.batch.options import BatchOptions
+from airflow_dify.batch.rows import PromptBuilder
+from airflow_dify.batch.summary import BatchSummary, ProgressReporter
+from airflow_dify.client.models import MODE_FAMILY, AppInfo
+from airflow_dify.outcome import RowOutcome
+
+log = logging.getLogger("airflow_dify.batch")
+RowCaller = Callable[[Mapping[str, Any]], RowOutcome]
+
+
+class RowSource(Protocol):
+    """Where prompts come from (a SQL table, a DataFrame)."""
+
+    id_column: str
+    skipped_unchanged: int
+
+    def prepare(
+        self, read_columns: Sequence[str], current_hash: Callable[[Mapping[str, Any]], str | None]
+    ) -> None: ...
+
+    def count_todo(self, redo: str, where: str | None, where_parameters: Any, shard: Any) -> int: ...
+
+    def iter_chunks(
+        self, chunk_size: int, redo: str, where: str | None, where_parameters: Any, shard: Any
+    ) -> Iterator[list[dict[str, Any]]]: ...
+
+
+class ResultSink(Protocol):
+    """Where outcomes go: one call per group commit."""
+
+    def write_results(self, outcomes: Sequence[RowOutcome]) -> None: ...
+
+
+class SupportsInfo(SupportsCall, Protocol):
+    def info(self) -> AppInfo: ...
+
+
+def resolve_app_mode(client: SupportsInfo, app_mode: str | None, logger: Any = log) -> str:
+    """The app's Dify mode: the one given, else what GET /info reports (costs no tokens)."""
+    mode = app_mode
+    if mode is None:
+        info = client.info()
+        logger.info("Dify app %r reports mode %r", info.name, info.mode)
+        mode = info.mode
+    if mode not in MODE_FAMILY:
+        raise ValueError(f"Dify app mode {mode!r} is not supported (expected one of {sorted(MODE_FAMILY)})")
+    return mode
+
+
+def run_batch(
+    source: RowSource,
+    sink: ResultSink,
+    client: SupportsInfo,
+    options: BatchOptions,
+    *,
+    stop: StopSignal | None = None,
+    logger: Any = None,
+) -> BatchSummary:
+    """Answer every row ``source`` selects for ``options`` and write each outcome to ``sink``.
+
+    Returns the totals of what was saved. Nothing is raised for failed rows (they are outcomes);
+    bad settings and unusable tables raise before the first call.
+    """
+    logger = logger or log
+    mode = resolve_app_mode(client, options.app_mode, logger)
+    builder = PromptBuilder.for_options(options, mode, source.id_column)
+    source.prepare(builder.read_columns, builder.current_hash)
+    logger.info(
+        "Dify batch: mode=%s, max_concurrency=%s, chunk_size=%s, redo=%s",
+        mode,
+        options.concurrency,
+        options.chunk_size,
+        options.redo,
+    )
+    budget = BudgetGuard(options.max_total_tokens, options.max_total_price)
+    call_row = make_row_caller(
+        client, builder, user=options.user, response_mode=options.response_mode, app_mode=mode
+    )
+    summary = drive(
+        source,
+        sink,
+        budget.wrap(call_row) if budget.active else call_row,
+        options,
+        may_start=budget.may_start if budget.active else None,
+        stop=stop,
+        logger=logger,
+    )
+    if summary.stopped == "budget":
+        summary.stopped_reason = budget.reason
+    if options.redo == "changed":
+        summary.skipped_unchanged = source.skipped_unchanged
+        logger.info(
+            "redo=changed: %s row(s) unchanged since answered, skipped", f"{source.skipped_unchanged:,}"
+        )
+    return summary
+
+
+def drive(
+    source: RowSource,
+    sink: ResultSink,
+    call_row: RowCaller,
+    options: BatchOptions,
+    *,
+    may_start: Callable[[Mapping[str, Any]], bool] | None = None,
+    stop: StopSignal | None = None,
+    logger: Any = None,
+) -> BatchSummary:
+    """The loop: keep the call pool full, save what completed, release the saved rows' slots."""
+    logger = logger or log
+    stop = stop or StopSignal()
+    select = options.selection()
+    summary = BatchSummary(rows_selected=source.count_todo(**select))
+    logger.info("Selected %s row(s) to process (redo=%s)", f"{summary.rows_selected:,}", options.redo)
+    progress = ProgressReporter(logger, summary, options.progress_seconds)
+    rows = chain.from_iterable(source.iter_chunks(options.chunk_size, **select))
+    calls = CallPool(call_row, max_concurrency=options.concurrency, stop=stop, may_start=may_start)
+    try:
+        while True:
+            calls.fill(rows)
+            if calls.finished:
+                break
+            outcomes = calls.wait(timeout=0.5)
+            if outcomes:
+                sink.write_results(outcomes)
+                calls.release(len(outcomes))
+                for outcome in outcomes:
+                    summary.add(outcome)
+            progress.tick()
+    finally:
+        calls.close()
+    summary.stopped = stop.reason if stop.reason not in (None, "closed") else None
+    summary.finished = time.monotonic()
+    progress.final()
+    return summary
+
+
+__all__ = ["ResultSink", "RowSource", "drive", "resolve_app_mode", "run_batch"]
