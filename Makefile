@@ -17,8 +17,8 @@ lint: setup
 	@.venv/bin/ruff format --check airflow_dify dags tests scripts bench
 	@.venv/bin/mypy
 
-# Benchmarks of issue 6 against FakeDify on 127.0.0.1 (~10 min); writes bench/results.json.
-# BENCH_ARGS="--memory-rows 100000,1000000" runs the issue's full memory sizes (~20 min more).
+# Benchmarks against FakeDify on 127.0.0.1 (~10 min); writes bench/results.json.
+# BENCH_ARGS="--memory-rows 100000,1000000" runs the full target memory sizes (~20 min more).
 .PHONY: bench
 bench: setup
 	@.venv/bin/python -m bench $(BENCH_ARGS)

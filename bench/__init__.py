@@ -1,4 +1,4 @@
-"""Benchmarks (issue 6): throughput against the physical bound, client CPU per row, memory in
+"""Benchmarks: throughput against the physical bound, client CPU per row, memory in
 table size, the baselines users would pick instead, and the shared pool across processes.
 
 Run ``make bench`` (or ``.venv/bin/python -m bench --help``). FakeDify runs in the bench's own

@@ -1,4 +1,4 @@
-"""``python -m bench``: run the benchmarks of issue 6 (see bench/README.md)."""
+"""``python -m bench``: run the benchmarks (see bench/README.md)."""
 
 import sys
 

@@ -10,7 +10,7 @@ SCENARIOS = ("bound", "cost", "memory", "baselines", "pool")
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """Every size of every scenario. Defaults follow issue 6 except ``memory_rows`` (see README: at
+    """Every size of every scenario. Defaults are the target sizes except ``memory_rows`` (see README: at
     the measured 700-1,500 rows/s on 2 cores, 1,000,000 rows take 15-25 min, over the 10 min budget)."""
 
     scenarios: tuple[str, ...] = SCENARIOS

@@ -71,7 +71,7 @@ def _get(data: dict[str, Any], *path: str) -> Any:
 
 
 def targets(results: dict[str, Any], cfg: BenchConfig) -> list[dict[str, Any]]:
-    """One line per issue-6 target: value, target, met (None when the value is missing)."""
+    """One line per target: value, target, met (None when the value is missing)."""
     rows: list[tuple[str, str, Any, str, Callable[[Any], bool]]] = []
     r = results
     if "bound" in r:
@@ -223,7 +223,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def parse_args(argv: list[str] | None) -> tuple[BenchConfig, Path]:
     p = argparse.ArgumentParser(
-        prog="python -m bench", description="airflow-provider-dify benchmarks (issue 6)"
+        prog="python -m bench", description="airflow-provider-dify benchmarks"
     )
     p.add_argument("--smoke", action="store_true", help="tiny sizes (seconds): checks the bench runs")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {', '.join(SCENARIOS)}")

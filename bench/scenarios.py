@@ -1,4 +1,4 @@
-"""Scenarios 1, 2, 3 and 5 of issue 6 (the baselines, scenario 4, are in scenario_baselines.py).
+"""Scenarios 1, 2, 3 and 5 (the baselines, scenario 4, are in scenario_baselines.py).
 
 Each returns a JSON-safe dict; ratios are computed from numbers measured in the same run.
 """
