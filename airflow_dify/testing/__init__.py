@@ -9,8 +9,9 @@ from typing import Any
 
 from airflow_dify.testing.answers import answer_text, make_usage, prompt_text
 from airflow_dify.testing.apps import FakeApp
+from airflow_dify.testing.fake import FakeDify
 from airflow_dify.testing.faults import Fault, FaultPlan
-from airflow_dify.testing.server import FakeDify, RequestRecord
+from airflow_dify.testing.state import RequestRecord
 
 __all__ = [
     "FakeApp",

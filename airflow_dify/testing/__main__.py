@@ -10,7 +10,7 @@ import sys
 import threading
 
 from airflow_dify.testing.apps import DEFAULT_MODES, FakeApp
-from airflow_dify.testing.server import FakeDify
+from airflow_dify.testing.fake import FakeDify
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -105,10 +105,11 @@ def message_body(
 def workflow_data(
     app: FakeApp, inputs: dict, latency: float, status: str = "succeeded", error: str | None = None
 ) -> dict[str, Any]:
-    """``data`` of a blocking workflow run / ``workflow_finished`` event."""
+    """``data`` of a blocking workflow run / ``workflow_finished`` event, built when the run starts
+    (the reply is computed up front and sent after the latency)."""
     result = answer_text(None, inputs)
     prompt_tokens, completion_tokens = token_counts(prompt_text(None, inputs), result)
-    now = int(time.time())
+    started = time.time()
     data: dict[str, Any] = {
         "id": new_id(),
         "workflow_id": app.workflow_id,
@@ -118,8 +119,8 @@ def workflow_data(
         "elapsed_time": float(latency),
         "total_tokens": prompt_tokens + completion_tokens,
         "total_steps": 3,
-        "created_at": now - math.ceil(latency),
-        "finished_at": None if status == "paused" else now,
+        "created_at": int(started),
+        "finished_at": None if status == "paused" else int(started + latency),
     }
     if status == "paused":
         data["paused_nodes"] = ["1700000000000"]

@@ -72,7 +72,7 @@ class FakeApp:
         """The input form as normalized dicts (variable, type, label, required, default, options)."""
         out = []
         for item in self.inputs:
-            spec = {"variable": item} if isinstance(item, str) else dict(item)
+            spec: dict[str, Any] = {"variable": item} if isinstance(item, str) else dict(item)
             spec.setdefault("type", "text-input")
             spec.setdefault("label", spec["variable"])
             spec.setdefault("required", False)

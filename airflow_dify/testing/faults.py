@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from airflow_dify.testing.apps import GENERATION_PATHS
@@ -78,7 +78,8 @@ class Fault:
             return path == "/workflows/run"
         return True
 
-    def _hits(self, number: int) -> bool:
+    def hits(self, number: int) -> bool:
+        """Whether request ``number`` of its scope fires this fault (not counting it as fired)."""
         if self.times is not None and self.fired >= self.times:
             return False
         if self.on is not None and number not in self.on:
@@ -114,7 +115,7 @@ class FaultPlan:
         with self._lock:
             return len(self._faults)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Fault]:
         with self._lock:
             return iter(list(self._faults))
 
@@ -125,7 +126,7 @@ class FaultPlan:
                 if not fault.applies_to(path, streaming):
                     continue
                 scope = fault.path if fault.path is not None else (TOKEN_PATH if path == TOKEN_PATH else None)
-                if fault._hits(numbers.get(scope, 0)):
+                if fault.hits(numbers.get(scope, 0)):
                     fault.fired += 1
                     return fault
         return None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus
 
-Reply = tuple[int, dict[str, str], dict[str, Any]]
+TokenReply = tuple[int, dict[str, str], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,7 @@ class TokenStore:
         self._clients: dict[str, OAuthClient] = {}
         self._tokens: dict[str, tuple[str, float | None]] = {}  # token -> (app id, expiry)
         self.issued = 0
-        #: Every access token ever issued (for leak scans in tests), oldest first.
-        self.history: list[str] = []
+        self._history: list[str] = []  # every token ever issued, for leak scans in tests
 
     def add_client(self, client: OAuthClient) -> None:
         with self._lock:
@@ -58,6 +57,11 @@ class TokenStore:
             self._tokens.clear()
             self.issued = 0
 
+    def issued_tokens(self) -> list[str]:
+        """Every access token issued so far, oldest first, including revoked and expired ones."""
+        with self._lock:
+            return list(self._history)
+
     def app_for(self, token: str) -> str | None:
         """The app id a live token acts for; None when unknown, revoked or expired."""
         with self._lock:
@@ -70,10 +74,9 @@ class TokenStore:
                 return None
             return app_id
 
-    def _authenticate(self, headers: Any, form: dict[str, str]) -> OAuthClient | None:
+    def _authenticate(self, authorization: str | None, form: dict[str, str]) -> OAuthClient | None:
         candidates = [(form.get("client_id"), form.get("client_secret"))]
-        auth = headers.get("Authorization") or ""
-        scheme, _, value = auth.partition(" ")
+        scheme, _, value = (authorization or "").partition(" ")
         if scheme.lower() == "basic" and value:
             try:
                 raw = base64.b64decode(value.strip(), validate=True).decode()
@@ -94,11 +97,11 @@ class TokenStore:
                 return client
         return None
 
-    def handle(self, headers: Any, raw_body: bytes) -> Reply:
+    def handle(self, authorization: str | None, raw_body: bytes) -> TokenReply:
         """Answer one POST to the token endpoint: (status, extra headers, JSON body)."""
         form = {k: v[0] for k, v in parse_qs(raw_body.decode("utf-8", "replace")).items()}
         no_store = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-        client = self._authenticate(headers, form)
+        client = self._authenticate(authorization, form)
         if client is None:
             return 401, {"WWW-Authenticate": 'Basic realm="oauth2"', **no_store}, {"error": "invalid_client"}
         grant = form.get("grant_type")
@@ -117,7 +120,7 @@ class TokenStore:
         with self._lock:
             self._tokens[token] = (client.app_id, None if ttl is None else self._clock() + ttl)
             self.issued += 1
-            self.history.append(token)
+            self._history.append(token)
         body: dict[str, Any] = {"access_token": token, "token_type": "Bearer"}
         if ttl is not None:
             body["expires_in"] = int(ttl)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from airflow_dify.testing.server import FakeDify
+from airflow_dify.testing.fake import FakeDify
 
 
 @pytest.fixture

@@ -30,7 +30,9 @@ def chunks(text: str, parts: int = 4) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-def _node(run_id: str, task_id: str, event: str, node_id: str, node_type: str, index: int, **extra: Any):
+def _node(
+    run_id: str, task_id: str, event: str, node_id: str, node_type: str, index: int, **extra: Any
+) -> dict[str, Any]:
     data = {
         "id": f"{run_id[:8]}-{node_id}",
         "node_id": node_id,

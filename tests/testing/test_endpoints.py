@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -14,12 +16,14 @@ from .fakedify_helpers import assert_same_shape, bearer, fixture, validate
 
 
 @pytest.fixture
-def http() -> requests.Session:
+def http() -> Iterator[requests.Session]:
     with requests.Session() as session:
         yield session
 
 
-def post(http, fake, mode, path, body, **kw):
+def post(
+    http: requests.Session, fake: FakeDify, mode: str, path: str, body: dict[str, Any], **kw: Any
+) -> requests.Response:
     return http.post(f"{fake.url}{path}", json=body, headers=bearer(fake.app(mode).key), timeout=10, **kw)
 
 
@@ -34,7 +38,7 @@ def test_default_apps_and_keys(fake_dify: FakeDify) -> None:
     assert fake_dify.token_url.endswith("/oauth2/token")
 
 
-def test_info_matches_fixture(fake_dify: FakeDify, http) -> None:
+def test_info_matches_fixture(fake_dify: FakeDify, http: requests.Session) -> None:
     resp = http.get(f"{fake_dify.url}/info", headers=bearer(fake_dify.app("workflow").key), timeout=10)
     assert resp.status_code == 200
     body = resp.json()
@@ -60,7 +64,7 @@ def test_parameters_has_input_form() -> None:
 
 
 @pytest.mark.parametrize("mode", ["chat", "advanced-chat"])
-def test_chat_blocking_shape_and_answer(fake_dify: FakeDify, http, mode: str) -> None:
+def test_chat_blocking_shape_and_answer(fake_dify: FakeDify, http: requests.Session, mode: str) -> None:
     body = {"query": "Hello", "inputs": {"b": 2, "a": "x"}, "user": "u1", "response_mode": "blocking"}
     resp = post(http, fake_dify, mode, "/chat-messages", body)
     assert resp.status_code == 200, resp.text
@@ -85,7 +89,7 @@ def test_usage_prices_are_exact_decimals() -> None:
     assert usage["currency"] == "USD" and isinstance(usage["latency"], float)
 
 
-def test_conversation_continues_and_unknown_is_404(fake_dify: FakeDify, http) -> None:
+def test_conversation_continues_and_unknown_is_404(fake_dify: FakeDify, http: requests.Session) -> None:
     first = post(http, fake_dify, "chat", "/chat-messages", {"query": "a", "inputs": {}, "user": "u"}).json()
     again = post(
         http,
@@ -113,7 +117,7 @@ def test_conversation_continues_and_unknown_is_404(fake_dify: FakeDify, http) ->
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_param"
 
 
-def test_completion_blocking(fake_dify: FakeDify, http) -> None:
+def test_completion_blocking(fake_dify: FakeDify, http: requests.Session) -> None:
     resp = post(
         http, fake_dify, "completion", "/completion-messages", {"inputs": {"topic": "tea"}, "user": "u"}
     )
@@ -129,7 +133,7 @@ def test_completion_blocking(fake_dify: FakeDify, http) -> None:
     assert with_query["answer"] == "Answer: Hi"
 
 
-def test_workflow_blocking_and_run_detail(fake_dify: FakeDify, http) -> None:
+def test_workflow_blocking_and_run_detail(fake_dify: FakeDify, http: requests.Session) -> None:
     resp = post(http, fake_dify, "workflow", "/workflows/run", {"inputs": {"q": "hi"}, "user": "u"})
     data = resp.json()
     assert resp.status_code == 200
@@ -150,7 +154,7 @@ def test_workflow_blocking_and_run_detail(fake_dify: FakeDify, http) -> None:
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
 
 
-def test_auth_variants(fake_dify: FakeDify, http) -> None:
+def test_auth_variants(fake_dify: FakeDify, http: requests.Session) -> None:
     url = f"{fake_dify.url}/info"
     must = "Authorization header must be provided and start with 'Bearer'"
     cases = [
@@ -184,7 +188,7 @@ def test_api_disabled_is_403() -> None:
     }
 
 
-def test_unknown_path_is_404(fake_dify: FakeDify, http) -> None:
+def test_unknown_path_is_404(fake_dify: FakeDify, http: requests.Session) -> None:
     for url in (f"{fake_dify.base_url}/chat-messages", f"{fake_dify.url}/nope"):
         resp = http.post(url, json={}, headers=bearer(fake_dify.app().key), timeout=10)
         assert resp.status_code == 404
@@ -224,7 +228,15 @@ def test_unknown_path_is_404(fake_dify: FakeDify, http) -> None:
         ("chat", "/chat-messages", {"query": "q", "inputs": [], "user": "u"}, "invalid_param", None),
     ],
 )
-def test_validation_errors(fake_dify: FakeDify, http, mode, path, body, code, message) -> None:
+def test_validation_errors(
+    fake_dify: FakeDify,
+    http: requests.Session,
+    mode: str,
+    path: str,
+    body: dict[str, Any],
+    code: str,
+    message: str | None,
+) -> None:
     resp = post(http, fake_dify, mode, path, body)
     assert resp.status_code == 400
     data = resp.json()
@@ -248,7 +260,7 @@ def test_required_input_and_bad_json() -> None:
         assert resp.status_code == 400 and resp.json()["code"] == "bad_request"
 
 
-def test_request_log_and_calls(fake_dify: FakeDify, http) -> None:
+def test_request_log_and_calls(fake_dify: FakeDify, http: requests.Session) -> None:
     post(http, fake_dify, "chat", "/chat-messages", {"query": "q", "inputs": {}, "user": "u"})
     post(http, fake_dify, "chat", "/chat-messages", {"query": "q", "inputs": {}})  # 400
     http.get(f"{fake_dify.url}/info", headers=bearer(fake_dify.app().key), timeout=10)
@@ -278,9 +290,9 @@ def test_request_log_and_calls(fake_dify: FakeDify, http) -> None:
 
 
 def test_latency_callable_and_latency_reported() -> None:
-    seen = []
+    seen: list[Any] = []
 
-    def latency(body):
+    def latency(body: Any) -> float:
         seen.append(body)
         return 0.05
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -15,7 +16,7 @@ GRANT = {"grant_type": "client_credentials"}
 
 
 @pytest.fixture
-def fake() -> FakeDify:
+def fake() -> Iterator[FakeDify]:
     with FakeDify(token_ttl=3600) as fake:
         fake.add_oauth_client(
             "svc", "s3cret:/+", app_mode="workflow", scope="apps:run apps:read", audience="dify"
@@ -23,7 +24,7 @@ def fake() -> FakeDify:
         yield fake
 
 
-def token(fake: FakeDify, **form) -> requests.Response:
+def token(fake: FakeDify, **form: str) -> requests.Response:
     return requests.post(fake.token_url, data={**GRANT, **form}, timeout=10)
 
 

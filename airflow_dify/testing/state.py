@@ -1,0 +1,224 @@
+"""Everything FakeDify remembers: apps, limits, OAuth2 tokens, faults, the request log, counters,
+stored workflow runs and conversations.
+
+One thread-safe object with a public interface, so the request handler (and any server running
+it, threaded or asyncio) changes state through methods instead of reaching into internals.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_dify.testing.answers import new_id, run_detail
+from airflow_dify.testing.apps import GENERATION_PATHS, FakeApp, default_apps
+from airflow_dify.testing.faults import TOKEN_PATH, FaultPlan
+from airflow_dify.testing.limits import Limits
+from airflow_dify.testing.oauth import TokenStore
+
+Latency = float | Callable[[Any], float]
+#: Bounds on remembered state, so a million-row benchmark does not grow the fake without end.
+MAX_RUNS = 100_000
+MAX_CONVERSATIONS = 100_000
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request as the fake saw it. ``auth`` names the credential kind, never the secret."""
+
+    seq: int
+    method: str
+    path: str
+    app_mode: str | None
+    body: Any
+    auth: str
+    status: int
+    started: float
+    ended: float
+    response: Any
+    fault: str | None
+
+
+class Exchange:
+    """One logged request from arrival to its last byte: the facts its :class:`RequestRecord` will
+    hold, and the concurrency slot it holds meanwhile. It is the reply's settlement: the server
+    calls :meth:`commit` just before the last bytes and :meth:`close` at the end."""
+
+    def __init__(self, state: FakeState, method: str, path: str, started: float) -> None:
+        self.method, self.path, self.started = method, path, started
+        self.body: Any = None
+        self.auth = "none"
+        self.app: FakeApp | None = None
+        self.status = 0
+        self.response: Any = None
+        self.fault: str | None = None
+        self._state = state
+        self._slot: str | None = None
+        self._slot_until_close = False
+        self._committed = False
+
+    def hold_slot(self, app_id: str, until_close: bool) -> None:
+        """Own an admitted slot of ``app_id``. Like Dify's AppGenerateService, a blocking call frees
+        it when its answer is ready, before it is written (a client that sends its next call on
+        receipt never finds its own finished call counted); a stream holds it until it ends."""
+        self._slot, self._slot_until_close = app_id, until_close
+
+    def commit(self) -> None:
+        """Record the request once, so a client that has its answer always finds it logged."""
+        if not self._slot_until_close:
+            self._release()
+        if not self._committed:
+            self._committed = True
+            self._state.record(self, time.monotonic())
+
+    def close(self) -> None:
+        self._release()
+        self.commit()
+
+    def _release(self) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            self._state.limits.release(slot)
+
+
+class FakeState:
+    """The state of one FakeDify.
+
+    :param apps: the apps; default one per mode.
+    :param latency: seconds per generation call, or ``callable(request_body) -> float``.
+    :param limits: the server-side limits (default: none); pass one with a clock to test windows.
+    :param tokens: the OAuth2 token store (default: tokens live an hour).
+    :param max_records: newest request records kept (None = all).
+    """
+
+    def __init__(
+        self,
+        apps: Iterable[FakeApp] | None = None,
+        latency: Latency = 0.0,
+        limits: Limits | None = None,
+        tokens: TokenStore | None = None,
+        max_records: int | None = None,
+    ) -> None:
+        self.apps: list[FakeApp] = list(apps) if apps is not None else default_apps()
+        if not self.apps:
+            raise ValueError("FakeDify needs at least one app")
+        self._by_key = {app.key: app for app in self.apps}
+        self._by_id = {app.id: app for app in self.apps}
+        if len(self._by_key) != len(self.apps):
+            raise ValueError("two apps share one API key")
+        self.latency: Latency = latency
+        self.limits = limits if limits is not None else Limits()
+        self.tokens = tokens if tokens is not None else TokenStore()
+        self.faults = FaultPlan()
+        self._lock = threading.Lock()
+        self._records: deque[RequestRecord] = deque(maxlen=max_records)
+        self._seq = itertools.count(1)
+        self._calls: dict[str, int] = {}
+        self._runs: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
+        self._conversations: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    # -- apps and credentials --------------------------------------------------------------------
+    def app(self, mode: str = "chat") -> FakeApp:
+        """The first app of that mode."""
+        for app in self.apps:
+            if app.mode == mode:
+                return app
+        raise KeyError(f"no app with mode {mode!r}")
+
+    def app_for_credential(self, credential: str) -> tuple[str, FakeApp] | None:
+        """(``"key"`` or ``"token"``, app) for an app API key or a live OAuth2 access token."""
+        app = self._by_key.get(credential)
+        if app is not None:
+            return "key", app
+        app_id = self.tokens.app_for(credential)
+        app = self._by_id.get(app_id) if app_id else None
+        return ("token", app) if app is not None else None
+
+    # -- arrivals --------------------------------------------------------------------------------
+    def arrive(self, path: str) -> dict[str | None, int]:
+        """Count a request; returns its number in every fault scope."""
+        if path != TOKEN_PATH:
+            with self._lock:
+                self._calls[path] = self._calls.get(path, 0) + 1
+        return self.faults.numbers(path)
+
+    def open(self, method: str, path: str, started: float) -> Exchange:
+        """Start the record of a /v1 request (logged when the exchange commits)."""
+        return Exchange(self, method, path, started)
+
+    def latency_for(self, body: Any) -> float:
+        latency = self.latency(body) if callable(self.latency) else self.latency
+        return max(0.0, float(latency))
+
+    # -- conversations and workflow runs ---------------------------------------------------------
+    def new_conversation(self, app_id: str) -> str:
+        conversation_id = new_id()
+        with self._lock:
+            self._conversations[(app_id, conversation_id)] = None
+            if len(self._conversations) > MAX_CONVERSATIONS:
+                self._conversations.popitem(last=False)
+        return conversation_id
+
+    def has_conversation(self, app_id: str, conversation_id: str) -> bool:
+        with self._lock:
+            return (app_id, conversation_id) in self._conversations
+
+    def store_run(self, app_id: str, data: dict[str, Any], inputs: dict[str, Any]) -> None:
+        """Keep a finished run for ``GET /workflows/run/{id}``."""
+        with self._lock:
+            self._runs[data["id"]] = (app_id, run_detail(data, inputs))
+            if len(self._runs) > MAX_RUNS:
+                self._runs.popitem(last=False)
+
+    def get_run(self, app_id: str, run_id: str) -> dict[str, Any] | None:
+        """The run detail, if it exists and belongs to ``app_id``."""
+        with self._lock:
+            entry = self._runs.get(run_id)
+        return entry[1] if entry is not None and entry[0] == app_id else None
+
+    # -- the request log -------------------------------------------------------------------------
+    def record(self, ex: Exchange, ended: float) -> RequestRecord:
+        with self._lock:
+            record = RequestRecord(
+                seq=next(self._seq),
+                method=ex.method,
+                path=ex.path,
+                app_mode=ex.app.mode if ex.app is not None else None,
+                body=ex.body,
+                auth=ex.auth,
+                status=ex.status,
+                started=ex.started,
+                ended=ended,
+                response=ex.response,
+                fault=ex.fault,
+            )
+            self._records.append(record)
+        return record
+
+    def records(self) -> list[RequestRecord]:
+        with self._lock:
+            return list(self._records)
+
+    def calls(self, path: str | None = None) -> int:
+        """Generation requests received (any outcome), optionally by path."""
+        with self._lock:
+            if path is None:
+                return sum(self._calls.get(p, 0) for p in GENERATION_PATHS)
+            return self._calls.get(path, 0)
+
+    def reset(self) -> None:
+        """Clear log, counters, faults, stats, tokens and stored runs (apps and OAuth clients stay)."""
+        with self._lock:
+            self._records.clear()
+            self._seq = itertools.count(1)
+            self._calls.clear()
+            self._runs.clear()
+            self._conversations.clear()
+        self.faults.clear()
+        self.limits.reset()
+        self.tokens.reset()
