@@ -42,22 +42,30 @@ def _strip_once(value: str) -> str:
     return _BEARER_RE.sub("", value, count=1).strip()
 
 
-def normalize_api_key(raw: str | None) -> str:
-    """Return the bare app key, or raise DifyConfigError with a secret-free, actionable message.
+def clean_api_key(raw: str | None) -> str:
+    """The key without what users paste around it; ``""`` when nothing is left. Never raises.
 
-    Strips surrounding whitespace/newlines, quotes and a leading ``Bearer `` (any case); a key that
-    still has whitespace or control/non-ASCII characters inside cannot be valid and is refused.
+    Strips surrounding whitespace/newlines, quotes and a leading ``Bearer `` (any case). Kept apart
+    from :func:`validate_api_key` so connection parsing can normalise a key it will not use (e.g.
+    under ``auth_type: oauth2``) without failing on it.
     """
-    if raw is None or not str(raw).strip():
-        raise DifyConfigError("no API key: set the connection's password to the app key")
-    key = str(raw)
+    key = str(raw or "")
     for _ in range(4):  # "Bearer 'app-x'", "'Bearer app-x'": a few passes reach a fixed point
         cleaned = _strip_once(key)
         if cleaned == key:
             break
         key = cleaned
+    return key
+
+
+def validate_api_key(key: str | None) -> str:
+    """Return ``key`` (already cleaned) if it can work, or raise DifyConfigError without the secret.
+
+    A key with whitespace or control/non-ASCII characters inside, or shorter than any real key,
+    would only earn a bare 401 from Dify; an unusual but plausible format only warns (once).
+    """
     if not key:
-        raise DifyConfigError("no API key: the value holds only 'Bearer' or quotes; paste the app key itself")
+        raise DifyConfigError("no API key: set the connection's password to the app key")
     shown = preview(key)
     if any(ch.isspace() for ch in key):
         raise DifyConfigError(
@@ -77,6 +85,14 @@ def normalize_api_key(raw: str | None) -> str:
     if not _APP_KEY_RE.match(key):
         _warn_once(key, shown)
     return key
+
+
+def normalize_api_key(raw: str | None) -> str:
+    """Return the bare app key from a pasted value: :func:`clean_api_key` then :func:`validate_api_key`."""
+    key = clean_api_key(raw)
+    if not key and raw is not None and str(raw).strip():
+        raise DifyConfigError("no API key: the value holds only 'Bearer' or quotes; paste the app key itself")
+    return validate_api_key(key)
 
 
 def _warn_once(key: str, shown: str) -> None:

@@ -14,7 +14,6 @@ from airflow_dify.client import (
     DifyError,
     OAuth2ClientCredentials,
     RetryPolicy,
-    normalize_api_key,
 )
 from airflow_dify.client.errors import (
     DifyAuthError,
@@ -23,12 +22,21 @@ from airflow_dify.client.errors import (
     DifyNotFoundError,
     DifyTransportError,
 )
-from airflow_dify.config import ConnectionSettings, parse_settings
 from airflow_dify.limits import open_pool
+from airflow_dify.settings import EXTRAS, ConnectionSettings, parse_settings
 
 if TYPE_CHECKING:
     from airflow_dify.client.models import AppInfo, DifyResult
     from airflow_dify.limits.base import RateLimitPool
+
+# What the Test button says per failure, most specific class first: the user's next step, in words.
+_TEST_ANSWERS: tuple[tuple[type[DifyError], str], ...] = (
+    (DifyConfigError, "Connection settings are invalid: {message}"),
+    (DifyAuthError, "Dify refused the credentials (401 {code}): {message}"),
+    (DifyForbiddenError, "Dify forbids this app (403 {code}): {message}"),
+    (DifyNotFoundError, "Wrong base URL (404): {message}"),
+    (DifyTransportError, "Cannot reach {base_url}: {message}"),
+)
 
 
 class DifyHook(BaseHook):
@@ -54,12 +62,18 @@ class DifyHook(BaseHook):
 
     @cached_property
     def settings(self) -> ConnectionSettings:
+        """The connection, parsed and normalised once; every other method reads these values."""
         conn = self.get_connection(self.dify_conn_id)
-        # Airflow masks password and the extra JSON as a whole, not each extra value.
-        for secret in (conn.password, (conn.extra_dejson or {}).get("client_secret")):
-            if secret:
+        extras = conn.extra_dejson or {}
+        # Airflow masks the password and the extra JSON as a whole, not each extra value, nor the
+        # normalised forms (a key pasted with "Bearer " is sent without it): mask both.
+        raw = [conn.password, *(extras.get(s.name) for s in EXTRAS if s.secret)]
+        for secret in raw:
+            if isinstance(secret, str) and secret.strip():
                 mask_secret(secret)
-        settings = parse_settings(conn.host, conn.password, conn.extra_dejson)
+        settings = parse_settings(conn.host, conn.password, extras)
+        for secret in settings.secrets:
+            mask_secret(secret)
         if settings.unknown_extras:
             self.log.warning(
                 "Connection %s: ignoring unknown extra field(s) %s",
@@ -71,6 +85,8 @@ class DifyHook(BaseHook):
     def _auth(self) -> ApiKeyAuth | OAuth2ClientCredentials:
         s = self.settings
         if s.auth_type == "oauth2":
+            # parse_settings refuses oauth2 without these; the assert tells the type checker.
+            assert s.token_url and s.client_id and s.client_secret
             return OAuth2ClientCredentials(
                 s.token_url,
                 s.client_id,
@@ -81,9 +97,7 @@ class DifyHook(BaseHook):
                 verify_ssl=s.verify_ssl,
                 on_token=mask_secret,
             )
-        key = normalize_api_key(s.api_key)
-        mask_secret(key)
-        return ApiKeyAuth(key)
+        return ApiKeyAuth(s.api_key)
 
     def get_pool(
         self,
@@ -158,18 +172,16 @@ class DifyHook(BaseHook):
         """Backs the UI's Test button: GET /info (no tokens spent), answered in actionable words."""
         try:
             info = self.get_client().info()
-        except DifyConfigError as err:
-            return False, f"Connection settings are invalid: {err.message}"
-        except DifyAuthError as err:
-            return False, f"Dify refused the credentials (401 {err.code}): {err.message}"
-        except DifyForbiddenError as err:
-            return False, f"Dify forbids this app (403 {err.code}): {err.message}"
-        except DifyNotFoundError as err:
-            return False, f"Wrong base URL (404): {err.message}"
-        except DifyTransportError as err:
-            return False, f"Cannot reach {self.settings.base_url}: {err.message}"
         except DifyError as err:
-            return False, f"Dify answered an error: {err}"
+            return False, self._explain(err)
         finally:
             self.close()
         return True, f"Connected to Dify app '{info.name}' (mode: {info.mode})."
+
+    def _explain(self, err: DifyError) -> str:
+        for kind, template in _TEST_ANSWERS:
+            if isinstance(err, kind):
+                # Only read settings where they parsed: a DifyConfigError may come from them.
+                base_url = self.settings.base_url if kind is DifyTransportError else ""
+                return template.format(code=err.code, message=err.message, base_url=base_url)
+        return f"Dify answered an error: {err}"

@@ -96,3 +96,19 @@ def test_oauth2_secrets_and_tokens_are_masked(fake_dify: FakeDify, monkeypatch: 
     text = f"secret=s3cret-client-value token={token}"
     assert redact(text) == "secret=*** token=***"
     hook.close()
+
+
+def test_one_key_pasted_three_ways_shares_one_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "app-" + "XYZ" * 8
+    pasted = {"dify_plain": key, "dify_bearer": f"Bearer {key}", "dify_spaced": f"  {key}\n"}
+    keys = {}
+    for conn_id, password in {**pasted, "dify_other": "app-" + "Q" * 24}.items():
+        set_conn(monkeypatch, conn_id, host="https://dify.example.com/v1", password=password)
+        hook = DifyHook(dify_conn_id=conn_id)
+        assert hook.settings.api_key in (key, "app-" + "Q" * 24)
+        pool = hook.get_pool()
+        keys[conn_id] = pool.settings.key
+        pool.close()
+    assert len({keys[c] for c in pasted}) == 1
+    assert keys["dify_other"] != keys["dify_plain"]
+    assert redact(f"sent {key}") == "sent ***"  # the normalised key is masked, not only the raw value
