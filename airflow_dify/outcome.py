@@ -79,6 +79,8 @@ class RowOutcome:
     error_code: str | None = None
     #: True when the outcome is ambiguous: the request may have run and been billed.
     maybe_billed: bool = False
+    #: The row's status before this run (from the source): a failure never replaces a success.
+    prior_status: str | None = None
 
     def column_values(self) -> dict[str, Any]:
         """Logical field -> value, for the fields that are columns (see ResultColumns)."""

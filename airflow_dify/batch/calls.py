@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 from airflow_dify.batch.errors import RowError
 from airflow_dify.batch.rows import PromptBuilder, failed_outcome
 from airflow_dify.client.errors import DifyError
 from airflow_dify.client.models import DifyResult
-from airflow_dify.outcome import FAILED, SUCCEEDED, RowOutcome
+from airflow_dify.outcome import FAILED, STATUS_KEY, SUCCEEDED, RowOutcome
 
 MAX_ERROR_CHARS = 1000
 
@@ -80,6 +81,12 @@ def make_row_caller(
     family = app_mode or builder.family
 
     def call_row(row: Mapping[str, Any]) -> RowOutcome:
+        outcome = call(row)
+        prior = row.get(STATUS_KEY)
+        # Sinks keep a stored answer when its re-run fails: they need to know there was one.
+        return outcome if prior is None else replace(outcome, prior_status=prior)
+
+    def call(row: Mapping[str, Any]) -> RowOutcome:
         row_id = row[builder.id_column]
         try:
             prompt = builder.build(row)

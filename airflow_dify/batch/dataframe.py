@@ -69,6 +69,7 @@ class FrameRows:
         self._read_idx: list[int] = []
         self.current_hash: Callable[[Mapping[str, Any]], str | None] | None = None
         self.skipped_unchanged = 0
+        self.skipped_claimed = 0  # a frame belongs to one run: nothing to claim
         n = len(df)
         # Preallocated result arrays, seeded with earlier results so rows not redone keep them.
         self.arrays: dict[str, np.ndarray] = {}
@@ -90,6 +91,9 @@ class FrameRows:
         self.read_columns = list(read_columns)
         self._read_idx = [self.df.columns.get_loc(c) for c in self.read_columns]
         self.current_hash = current_hash
+
+    def heartbeat(self) -> None:
+        return None
 
     # -- selection ----------------------------------------------------------------------------
     def _todo_mask(self, redo: str) -> np.ndarray:

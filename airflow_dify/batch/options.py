@@ -36,6 +36,7 @@ class BatchOptions:
     :param user: Dify end-user id sent with every call.
     :param response_mode: ``blocking`` or ``streaming``; None = blocking, streaming where required.
     :param max_prompt_chars: longer prompts fail their row without a call.
+    :param null_as: text that NULL template/input values render as; None: such a row fails.
 
     Which rows:
 
@@ -65,6 +66,7 @@ class BatchOptions:
     user: str = "airflow-dify"
     response_mode: str | None = None
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
+    null_as: str | None = None
     redo: str = "failed"
     where: str | None = None
     where_parameters: Any = None

@@ -102,6 +102,7 @@ class PromptBuilder:
         query_template: str | None = None,
         input_columns: Mapping[str, str] | None = None,
         max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
+        null_as: str | None = None,
         app_id: str | None = None,
     ) -> None:
         self.family = family
@@ -113,7 +114,9 @@ class PromptBuilder:
         self.query_template = query_template
         self.input_columns = dict(input_columns or {})
         self.max_prompt_chars = max_prompt_chars
+        self.null_as = null_as
         self._template = _compile_template(query_template) if query_template else None
+        self._template_columns = template_columns(query_template) if query_template else []
         if family == "workflow" and not self.input_columns:
             raise ValueError("a workflow app needs input_columns (Dify input variable -> column)")
 
@@ -127,6 +130,7 @@ class PromptBuilder:
             query_template=options.query_template,
             input_columns=options.input_columns,
             max_prompt_chars=options.max_prompt_chars,
+            null_as=options.null_as,
         )
 
     @property
@@ -142,9 +146,29 @@ class PromptBuilder:
 
     def build(self, row: Mapping[str, Any]) -> Prompt:
         row_id = row[self.id_column]
+        inputs = self._inputs(row, row_id)
+        query = self._query(row, row_id, inputs) if self.family != "workflow" else None
+        return Prompt(
+            row_id=row_id, query=query, inputs=inputs, input_hash=input_hash(self.app, query, inputs)
+        )
+
+    def _value(self, row: Mapping[str, Any], row_id: Any, column: str, role: str) -> Any:
+        """A column's value as sent; NULL fails the row (never the text "None") unless ``null_as``."""
+        value = _text(row.get(column), row_id, column)
+        if value is None:
+            if self.null_as is None:
+                raise RowError(
+                    "null_value",
+                    f"row {row_id!r}: column {column!r} ({role}) is NULL; no call made "
+                    "(set null_as= to send a text instead)",
+                )
+            return self.null_as
+        return value
+
+    def _inputs(self, row: Mapping[str, Any], row_id: Any) -> dict[str, Any]:
         inputs: dict[str, Any] = {}
         for var, col in self.input_columns.items():
-            value = _text(row.get(col), row_id, col)
+            value = self._value(row, row_id, col, f"input {var!r}")
             if isinstance(value, (dt.date, dt.datetime)):
                 value = value.isoformat()
             inputs[var] = value
@@ -154,45 +178,39 @@ class PromptBuilder:
                     f"row {row_id!r}: column {col!r} has {len(value)} characters, over max_prompt_chars="
                     f"{self.max_prompt_chars}",
                 )
-        query: str | None = None
-        if self.family != "workflow":
-            if self._template is not None:
-                try:
-                    query = self._template({k: _text(v, row_id, k) for k, v in row.items()})
-                except (KeyError, IndexError, ValueError) as exc:
-                    raise RowError(
-                        "template_error", f"row {row_id!r}: query_template failed: {exc}"
-                    ) from None
-                except Exception as exc:  # jinja2 UndefinedError and friends
-                    raise RowError(
-                        "template_error", f"row {row_id!r}: query_template failed: {exc}"
-                    ) from None
-                source = "query_template"
-            else:
-                query = _text(row.get(self.query_column), row_id, self.query_column)
-                source = f"column {self.query_column!r}"
-            if query is None or (isinstance(query, str) and not query.strip()):
-                if self.family == "chat":
-                    kind = "NULL" if query is None else "empty"
-                    raise RowError(
-                        "empty_prompt", f"row {row_id!r}: prompt ({source}) is {kind}; no call made"
-                    )
-                query = None if query is None else query
-            elif not isinstance(query, str):
-                query = str(query)
-            if query is not None and len(query) > self.max_prompt_chars:
-                raise RowError(
-                    "prompt_too_long",
-                    f"row {row_id!r}: prompt ({source}) has {len(query)} characters, over max_prompt_chars="
-                    f"{self.max_prompt_chars}; no call made",
-                )
-            if self.family == "completion" and query is None and not inputs:
-                raise RowError(
-                    "empty_prompt", f"row {row_id!r}: prompt ({source}) is empty and no inputs; no call made"
-                )
-        return Prompt(
-            row_id=row_id, query=query, inputs=inputs, input_hash=input_hash(self.app, query, inputs)
-        )
+        return inputs
+
+    def _query(self, row: Mapping[str, Any], row_id: Any, inputs: dict[str, Any]) -> str | None:
+        query: Any
+        if self._template is not None:
+            values = {k: _text(v, row_id, k) for k, v in row.items()}
+            for col in self._template_columns:
+                values[col] = self._value(row, row_id, col, "query_template")
+            try:
+                query = self._template(values)
+            except Exception as exc:  # KeyError/ValueError (format), jinja2 UndefinedError and friends
+                raise RowError("template_error", f"row {row_id!r}: query_template failed: {exc}") from None
+            source = "query_template"
+        else:
+            query = _text(row.get(self.query_column), row_id, self.query_column)
+            source = f"column {self.query_column!r}"
+        if query is None or (isinstance(query, str) and not query.strip()):
+            if self.family == "chat":
+                kind = "NULL" if query is None else "empty"
+                raise RowError("empty_prompt", f"row {row_id!r}: prompt ({source}) is {kind}; no call made")
+        elif not isinstance(query, str):
+            query = str(query)
+        if query is not None and len(query) > self.max_prompt_chars:
+            raise RowError(
+                "prompt_too_long",
+                f"row {row_id!r}: prompt ({source}) has {len(query)} characters, over max_prompt_chars="
+                f"{self.max_prompt_chars}; no call made",
+            )
+        if self.family == "completion" and query is None and not inputs:
+            raise RowError(
+                "empty_prompt", f"row {row_id!r}: prompt ({source}) is empty and no inputs; no call made"
+            )
+        return query
 
     def current_hash(self, row: Mapping[str, Any]) -> str | None:
         """The input_hash this row would be sent with now; None when it cannot be sent."""

@@ -33,6 +33,7 @@ class RowSource(Protocol):
 
     id_column: str
     skipped_unchanged: int
+    skipped_claimed: int
 
     def prepare(
         self, read_columns: Sequence[str], current_hash: Callable[[Mapping[str, Any]], str | None]
@@ -43,6 +44,9 @@ class RowSource(Protocol):
     def iter_chunks(
         self, chunk_size: int, redo: str, where: str | None, where_parameters: Any, shard: Any
     ) -> Iterator[list[dict[str, Any]]]: ...
+
+    def heartbeat(self) -> None:
+        """Called often while the run is alive: renew whatever keeps other runs off our rows."""
 
 
 class ResultSink(Protocol):
@@ -107,6 +111,13 @@ def run_batch(
     )
     if summary.stopped == "budget":
         summary.stopped_reason = budget.reason
+    summary.skipped_claimed = source.skipped_claimed
+    if summary.skipped_claimed:
+        logger.warning(
+            "%s row(s) were claimed by another run and left to it; they are done by that run, or by "
+            "the next one once its claims expire",
+            f"{summary.skipped_claimed:,}",
+        )
     if options.redo == "changed":
         summary.skipped_unchanged = source.skipped_unchanged
         logger.info(
@@ -145,6 +156,7 @@ def drive(
                 calls.release(len(outcomes))
                 for outcome in outcomes:
                     summary.add(outcome)
+            source.heartbeat()
             progress.tick()
     finally:
         calls.close()

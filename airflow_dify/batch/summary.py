@@ -29,6 +29,8 @@ class BatchSummary:
     stopped_reason: str | None = None
     #: With redo="changed": rows left alone because their content is unchanged since answered.
     skipped_unchanged: int | None = None
+    #: Rows passed over because another live run had claimed them.
+    skipped_claimed: int = 0
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
 
@@ -99,6 +101,7 @@ class BatchSummary:
             "total_price_by_currency": {k: str(v) for k, v in sorted(self.price_by_currency.items())},
             "error_codes": dict(self.error_codes.most_common()),
             "stopped": self.stopped,
+            "skipped_claimed": self.skipped_claimed,
             "elapsed_seconds": round(elapsed, 3),
             "rows_per_second": round(self.processed / elapsed, 3) if elapsed > 0 else None,
             **({"stopped_reason": self.stopped_reason} if self.stopped_reason is not None else {}),

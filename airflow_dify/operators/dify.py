@@ -18,12 +18,13 @@ from airflow_dify.hooks.dify import DifyHook
 from airflow_dify.operators.connect import batch_client
 from airflow_dify.operators.errors import DifyBatchFailedError, DifyBatchKilledError, raise_for_summary
 from airflow_dify.operators.lineage import default_outlets, operator_lineage, table_ref
+from airflow_dify.sql.claims import ClaimOwner
 from airflow_dify.sql.table import SqlTable
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-_DIALECTS = {"sqlite": "sqlite", "postgres": "postgres", "postgresql": "postgres"}
+_DIALECTS = {"sqlite": "sqlite", "postgres": "postgres", "postgresql": "postgres", "mysql": "mysql"}
 
 __all__ = ["DifyBatchFailedError", "DifyBatchKilledError", "DifyBatchOperator"]
 
@@ -44,7 +45,11 @@ class DifyBatchOperator(BaseOperator):
     Killing the task (SIGTERM, ``execution_timeout``) stops new calls; calls already running finish
     and are saved, unstarted rows stay pending, and the task fails so a retry resumes.
 
-    :param table: table holding the prompts (``schema.table`` allowed); results are written to it.
+    :param table: table or view holding the prompts (``schema.table`` allowed); results are written
+        to it unless ``results_table`` is given.
+    :param results_table: write results to this table of the same connection instead (created when
+        missing, keyed by ``id_column``); ``table`` is then only read and may be a view, a dbt model
+        or a table you do not own.
     :param sql_conn_id: any common-sql connection (SQLite, PostgreSQL, ...).
     :param dify_conn_id: the ``dify`` connection (API base URL + key or OAuth2).
     :param id_column: unique, non-NULL key used for paging and updates.
@@ -66,6 +71,8 @@ class DifyBatchOperator(BaseOperator):
     :param result_columns: rename result columns, e.g. ``{"answer": "category"}``.
     :param max_failed_ratio: fail the task when failed/processed rows exceeds this (0 = any failure).
     :param max_prompt_chars: longer prompts fail their row without a call.
+    :param null_as: render NULL template or input values as this text; default None: a row with a
+        NULL in a column it sends fails without a call, naming the column.
     :param max_total_tokens: budget cap: no call starts once the next one could cross it; the
         rest stay pending and the summary says ``stopped: "budget"``.
     :param max_total_price: the same cap in money (the app's currency), as a decimal string or number.
@@ -81,6 +88,7 @@ class DifyBatchOperator(BaseOperator):
 
     template_fields: Sequence[str] = (
         "table",
+        "results_table",
         "sql_conn_id",
         "dify_conn_id",
         "where",
@@ -100,6 +108,7 @@ class DifyBatchOperator(BaseOperator):
         table: str,
         sql_conn_id: str,
         dify_conn_id: str = DifyHook.default_conn_name,
+        results_table: str | None = None,
         id_column: str = "id",
         query_column: str | None = "prompt",
         query_template: str | None = None,
@@ -117,6 +126,7 @@ class DifyBatchOperator(BaseOperator):
         result_columns: Mapping[str, str] | None = None,
         max_failed_ratio: float = 0.0,
         max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
+        null_as: str | None = None,
         max_total_tokens: int | None = None,
         max_total_price: str | float | Decimal | None = None,
         shard_index: int | None = None,
@@ -161,20 +171,25 @@ class DifyBatchOperator(BaseOperator):
         values["shard"] = shard_from(self.shard_index, self.shard_count)
         return BatchOptions(**values)
 
-    def _table(self) -> SqlTable:
+    def _table(self, context: Context) -> SqlTable:
         dialect = _DIALECTS.get(getattr(self.sql_hook, "conn_type", None) or "", "generic")
+        ti = context["ti"]
+        # Claims are owned by this task instance: its next try takes over what a crashed try held.
+        owner = ClaimOwner.for_task(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)
         return SqlTable(
             self.sql_hook.get_conn,
             self.table,
             dialect=dialect,
             id_column=self.id_column,
             columns=self._options(None).result_columns,
+            results_table=self.results_table,
+            owner=owner,
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
         with (
             batch_client(self.dify_hook, self._options(context)) as (client, options),
-            self._table() as table,
+            self._table(context) as table,
         ):
             summary = run_batch(table, table, client, options, stop=self._stop, logger=self.log)
         return self._report(context, summary)

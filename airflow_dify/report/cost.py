@@ -24,7 +24,8 @@ from airflow_dify.outcome import ResultColumns
 from airflow_dify.report.store import SummaryStore
 from airflow_dify.report.usage import NO_CURRENCY, DailyUsage
 from airflow_dify.sql.connection import SqlConnection
-from airflow_dify.sql.dialects import Params, quote_identifier
+from airflow_dify.sql.dialects import quote_identifier
+from airflow_dify.sql.params import Params
 from airflow_dify.sql.paging import keyset_pages
 
 log = logging.getLogger("airflow_dify.report")

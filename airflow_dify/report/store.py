@@ -9,7 +9,8 @@ from typing import Any
 
 from airflow_dify.report.usage import DailyUsage
 from airflow_dify.sql.connection import SqlConnection
-from airflow_dify.sql.dialects import Params, quote_identifier
+from airflow_dify.sql.dialects import quote_identifier
+from airflow_dify.sql.params import Params
 
 #: (column, PostgreSQL/ANSI type, SQLite type). SQLite keeps dates and prices as text: exact, sortable.
 SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (

@@ -7,9 +7,11 @@ then); a connection that cannot even roll back is dropped and re-opened on next 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from airflow_dify.sql.dialects import Dialect, sqlite_text_factory
@@ -40,9 +42,7 @@ class SqlConnection:
             if self._conn is None:
                 conn = self._connect()
                 if self._dialect_name == "sqlite" and hasattr(conn, "text_factory"):
-                    conn.text_factory = sqlite_text_factory
-                    if getattr(conn, "isolation_level", "") is None:
-                        conn.isolation_level = ""  # autocommit would make each row its own transaction
+                    _prepare_sqlite(conn)
                 elif getattr(conn, "autocommit", False) is True:
                     conn.autocommit = False  # a chunk write must be one transaction
                 self._dialect = Dialect.for_connection(self._dialect_name, conn)
@@ -103,20 +103,39 @@ class SqlConnection:
         """Names from the cursor description of ``sql`` (a ``WHERE 1=0`` probe)."""
         return self._run(sql, (), fetch=False)[1]
 
-    def execute_commit(self, sql: str) -> None:
-        """Run one statement in its own transaction (DDL); roll back on failure."""
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A cursor inside one write transaction: committed on success, rolled back on error.
+
+        SQLite starts it with ``BEGIN IMMEDIATE``: the write lock is taken before the first read,
+        so a read-then-claim cannot interleave with another process doing the same.
+        """
         with self.lock:
-            conn, _ = self.get()
+            conn, dialect = self.get()
+            cur = conn.cursor()
             try:
-                cur = conn.cursor()
-                try:
-                    cur.execute(sql)
-                finally:
-                    cur.close()
+                if dialect.begin:
+                    cur.execute(dialect.begin)
+                yield cur
                 conn.commit()
-            except Exception:
+            except BaseException:
                 self.rollback_quietly()
                 raise
+            finally:
+                try:
+                    cur.close()
+                except Exception:  # noqa: BLE001 - a broken cursor on a discarded connection
+                    log.debug("closing a cursor failed", exc_info=True)
+
+    def execute_commit(self, sql: str, params: Any = None) -> int:
+        """Run one statement in its own transaction; return the driver's rowcount (-1 unknown)."""
+        with self.transaction() as cur:
+            if params is None:
+                cur.execute(sql)
+            else:
+                cur.execute(sql, params)
+            count = cur.rowcount
+        return count if isinstance(count, int) else -1
 
     def executemany_commit(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         """Run ``sql`` for every row in one transaction; return the driver's rowcount (-1 unknown)."""
@@ -134,3 +153,19 @@ class SqlConnection:
                 self.rollback_quietly()
                 raise
             return updated if isinstance(updated, int) else -1
+
+
+def _md5_8(text: Any) -> int | None:
+    """``int(md5(text)[:8], 16)``, the stable shard hash the other engines compute in SQL."""
+    if text is None:
+        return None
+    return int(hashlib.md5(str(text).encode("utf-8")).hexdigest()[:8], 16)
+
+
+def _prepare_sqlite(conn: Any) -> None:
+    conn.text_factory = sqlite_text_factory
+    if getattr(conn, "isolation_level", "") is None:
+        conn.isolation_level = ""  # autocommit would make each row its own transaction
+    conn.create_function("dify_md5_8", 1, _md5_8, deterministic=True)
+    # Claims and group commits from several processes wait for the lock instead of failing.
+    conn.execute("PRAGMA busy_timeout = 30000")

@@ -2,78 +2,83 @@
 
 Airflow-free: the caller passes a connection factory (the operator passes ``hook.get_conn``) and
 the dialect. Rows are read in keyset-paged chunks (``ORDER BY id`` + ``id > last``) so the table is
-never held in memory and rows updated meanwhile are neither skipped nor read twice; results are
-written back per chunk in one transaction, with retries.
+never held in memory and rows updated meanwhile are neither skipped nor read twice.
 
-Identifiers are validated and double-quoted at construction; values are always bound. The
-``where`` predicate is trusted SQL from the DAG author (never end-user input): it is AND-ed in
-parentheses and its ``where_parameters`` are bound in the driver's native style (sqlite ``?`` /
-``:name``; psycopg ``%s`` / ``%(name)s``, where a literal ``%`` must be written ``%%``).
+Where results live: in place (default), result columns are added to the prompts table; with
+``results_table``, the prompts table or view is only read and results go to a table keyed by its
+id (same type, primary key), created when missing. Either way the provider writes only to columns
+it created (see :mod:`airflow_dify.sql.schema`).
+
+Claims: each page of rows is claimed for this run before any of its calls start (see
+:mod:`airflow_dify.sql.claims`), so two overlapping runs never ask the same row. Writing a result
+releases its claim; rows claimed by another live run are skipped and counted.
+
+Identifiers are validated and quoted at construction; values are always bound. The ``where``
+predicate is trusted SQL from the DAG author (never end-user input): it is AND-ed in parentheses
+and its ``where_parameters`` are bound in the driver's native style (sqlite ``?`` / ``:name``;
+psycopg and MySQL ``%s`` / ``%(name)s``, where a literal ``%`` must be written ``%%``).
 
 Selection: ``redo`` ``pending`` = status IS NULL, ``failed`` = NULL or 'failed', ``all`` = every
-row; a table without the status column yet counts every row as pending. ``changed`` = pending rows
-plus rows whose current query/inputs hash (computed in Python by ``current_hash``: SQL cannot
-render templates) differs from the stored ``input_hash`` (NULL differs from any hash); SQL selects
-every row, and unchanged ones are dropped from each page before the engine sees them (counted in
-``skipped_unchanged``), so they cost one sha256, no call and no write. ``shard=(index, count)``
-keeps rows whose integer id satisfies ``((id % count) + count) % count = index`` (a true modulo,
-so negative ids are sharded too); the shards of one ``count`` partition the table exactly.
-Non-integer ids cannot be sharded.
+row, ``changed`` = pending rows plus rows whose current query/inputs hash (computed in Python by
+``current_hash``) differs from the stored ``input_hash``; unchanged rows are dropped from each page
+before the engine sees them (``skipped_unchanged``). ``shard=(index, count)`` keeps rows whose id
+falls in that shard: ``id mod count`` for integer ids, a stable hash of the id's text otherwise.
 
-Text: on SQLite, TEXT values that are not valid UTF-8 are returned as :class:`InvalidText`
-(``.raw`` bytes, ``.message``) instead of aborting the whole page, so the engine can fail just
-that row. Connections made by the SQLite factory get our ``text_factory`` for that reason.
+Text: on SQLite, TEXT values that are not valid UTF-8 come back as :class:`InvalidText` so the
+engine can fail just that row.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from airflow_dify.outcome import (
-    FAILED,
-    HASH_KEY,
-    REDO_MODES,
-    STATUS_KEY,
-    ResultColumns,
-    RowOutcome,
-    check_shard,
-)
+from airflow_dify.outcome import HASH_KEY, REDO_MODES, STATUS_KEY, ResultColumns, RowOutcome
+from airflow_dify.sql.claims import DEFAULT_LEASE_SECONDS, ClaimOwner, HeldClaims, batches
 from airflow_dify.sql.connection import SqlConnection, error_brief
-from airflow_dify.sql.dialects import DIALECTS, InvalidText, Params, quote_identifier
+from airflow_dify.sql.dialects import DIALECTS, Dialect, InvalidText, is_integer_type, quote_identifier
 from airflow_dify.sql.errors import SqlTableError, SqlWriteError
+from airflow_dify.sql.layout import CLAIM_FIELDS, ResultStore, TableNames
 from airflow_dify.sql.paging import keyset_pages
+from airflow_dify.sql.params import Params
+from airflow_dify.sql.schema import Schema
+from airflow_dify.sql.selection import Layout, check_redo, page_sql, status_terms
+from airflow_dify.sql.writer import ResultWriter
 
 __all__ = [
     "HASH_KEY",
+    "REDO_MODES",
+    "STATUS_KEY",
+    "InvalidText",
     "SqlTable",
     "SqlTableError",
     "SqlWriteError",
-    "InvalidText",
-    "REDO_MODES",
-    "STATUS_KEY",
 ]
 
 log = logging.getLogger(__name__)
 
 
 class SqlTable:
-    """Read rows to do from a table and write each row's outcome back by id.
+    """Read rows to do from a table (or view) and write each row's outcome back by id.
 
     :param connect: zero-argument DB-API connection factory (e.g. ``hook.get_conn``). One connection
         is opened lazily, reused, and re-opened after a failure that broke it; SQLite connections
         used from several threads must be made with ``check_same_thread=False``.
-    :param table: table name, optionally ``schema.table``; plain identifiers only.
-    :param dialect: ``sqlite``, ``postgres`` or ``generic`` (ANSI types, ``LIMIT``, driver paramstyle).
-    :param id_column: unique, non-NULL key used for paging and for the write-back ``WHERE``.
-    :param read_columns: columns handed to the engine with each row.
+    :param table: the prompts table or view, optionally ``schema.table``; plain identifiers only.
+    :param dialect: ``sqlite``, ``postgres``, ``mysql`` or ``generic``.
+    :param id_column: unique, non-NULL key used for paging and for the write-back ``WHERE``;
+        any orderable type (integer, text, UUID).
+    :param read_columns: columns handed to the engine with each row (see :meth:`prepare`).
     :param columns: names of the result columns written back.
-    :param write_retries: extra attempts for a failed chunk write before SqlWriteError.
-    :param write_backoff: seconds before the first retry; doubles each retry.
-    :param current_hash: row dict -> the input_hash it would be sent with now (e.g.
-        ``PromptBuilder.current_hash``); required for ``redo="changed"``.
+    :param results_table: write results to this table (created when missing) instead of ``table``.
+    :param owner: who claims rows (default: this object alone; the operator names the task try).
+    :param claims: claim rows before calling them (off only to measure what claims cost).
+    :param lease_seconds: how long a claim lives without renewal.
+    :param write_retries: extra attempts for a group write that failed on the connection.
+    :param write_backoff: seconds before the first such retry; doubles each retry.
+    :param current_hash: row dict -> the input_hash it would be sent with now; for ``redo="changed"``.
     """
 
     def __init__(
@@ -85,6 +90,10 @@ class SqlTable:
         id_column: str = "id",
         read_columns: Sequence[str] = ("prompt",),
         columns: ResultColumns = ResultColumns(),  # noqa: B008 - frozen dataclass, safe default
+        results_table: str | None = None,
+        owner: ClaimOwner | None = None,
+        claims: bool = True,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
         write_retries: int = 3,
         write_backoff: float = 0.5,
         current_hash: Callable[[Mapping[str, Any]], str | None] | None = None,
@@ -95,22 +104,63 @@ class SqlTable:
             raise SqlTableError("write_retries and write_backoff must be >= 0")
         self.dialect_name = dialect
         self.table = table
+        self.results_table = results_table
         self.id_column = id_column
         self.columns = columns
-        self.write_retries = int(write_retries)
-        self.write_backoff = float(write_backoff)
+        self.owner = owner or ClaimOwner.anonymous()
+        self.claims = claims
+
+        def quote(name: str, setting: str, qualified: bool = False) -> str:
+            return quote_identifier(name, setting, qualified=qualified, dialect=dialect)
+
         # Quote everything now: a bad name fails at construction, naming the setting.
-        self._q_table = quote_identifier(table, "table", qualified=True)
-        self._q_id = quote_identifier(id_column, "id_column")
-        self._q_result = {f: quote_identifier(c, f"result_columns.{f}") for f, c in columns.items()}
+        self._quote = quote
+        self._q_table = quote(table, "table", True)
+        self._q_store = quote(results_table, "results_table", True) if results_table else self._q_table
+        self._q_id = quote(id_column, "id_column")
+        self._q_result = {f: quote(c, f"result_columns.{f}") for f, c in columns.items()}
+        self._q_claim = {f: quote(f, f) for f in CLAIM_FIELDS}
         names = [c for _, c in columns.items()]
-        dupes = sorted({c for c in names if names.count(c) > 1} | ({id_column} & set(names)))
+        clash = {id_column, *CLAIM_FIELDS}
+        dupes = sorted({c for c in names if names.count(c) > 1} | (clash & set(names)))
         if dupes:
-            raise SqlTableError(f"result_columns: names {dupes} are used twice or clash with id_column")
+            raise SqlTableError(
+                f"result_columns: names {dupes} are used twice or clash with id_column or the claim columns"
+            )
         self._db = SqlConnection(connect, dialect)
+        self._schema = Schema(self._db, dialect)
+        names = TableNames(
+            table,
+            results_table,
+            id_column,
+            columns,
+            self._q_table,
+            self._q_store,
+            self._q_id,
+            self._q_result,
+            self._q_claim,
+        )
+        self._store = ResultStore(self._db, self._schema, names, claims)
+        self._held = HeldClaims(lease=float(lease_seconds))
+        self._writer = ResultWriter(
+            self._db,
+            results_table or table,
+            self._q_store,
+            self._q_id,
+            self._q_result,
+            (self._q_claim["claimed_by"], self._q_claim["claimed_until"]) if claims else None,
+            self.owner.token,
+            retries=int(write_retries),
+            backoff=float(write_backoff),
+            on_written=self._held.wrote,
+        )
+        self._integer_ids: bool | None = None
+        self._run_started = dt.datetime.now(dt.timezone.utc)
         self._bind(read_columns, current_hash)
         #: Rows redo="changed" read but left alone because their content is unchanged.
         self.skipped_unchanged = 0
+        #: Rows passed over because another live run had claimed them.
+        self.skipped_claimed = 0
 
     def _bind(
         self, read_columns: Sequence[str], current_hash: Callable[[Mapping[str, Any]], str | None] | None
@@ -118,27 +168,26 @@ class SqlTable:
         if isinstance(read_columns, str):
             raise SqlTableError("read_columns: expected a sequence of column names, got a string")
         self.read_columns = list(dict.fromkeys(c for c in read_columns if c != self.id_column))
-        self._q_read = [quote_identifier(c, f"read_columns[{i}]") for i, c in enumerate(self.read_columns)]
+        self._q_read = [self._quote(c, f"read_columns[{i}]") for i, c in enumerate(self.read_columns)]
         self.current_hash = current_hash
 
-    def prepare(
-        self, read_columns: Sequence[str], current_hash: Callable[[Mapping[str, Any]], str | None]
-    ) -> None:
-        """Take the batch's prompt columns, check the table, ids and columns, add result columns.
-
-        Everything here runs before the first Dify call, so a table that cannot work costs nothing.
-        """
-        self._bind(read_columns, current_hash)
-        self.validate()
-        self.check_unique_ids()
-        self.ensure_result_columns()
-
     def __repr__(self) -> str:
-        return f"SqlTable(table={self.table!r}, dialect={self.dialect_name!r}, id_column={self.id_column!r})"
+        where = f", results_table={self.results_table!r}" if self.results_table else ""
+        return (
+            f"SqlTable(table={self.table!r}{where}, dialect={self.dialect_name!r}, "
+            f"id_column={self.id_column!r})"
+        )
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._db.dialect
 
     def close(self) -> None:
-        """Close the connection; a later call opens a new one."""
-        self._db.discard()
+        """Release this run's unwritten claims and close the connection (a later call reopens it)."""
+        try:
+            self.release()
+        finally:
+            self._db.discard()
 
     def __enter__(self) -> SqlTable:
         return self
@@ -147,31 +196,35 @@ class SqlTable:
         self.close()
 
     # -- schema -------------------------------------------------------------------------------
-
     def existing_columns(self) -> list[str]:
-        """Column names as the database reports them, via ``SELECT * ... WHERE 1=0`` (portable)."""
-        try:
-            return self._db.column_names(f"SELECT * FROM {self._q_table} WHERE 1=0")
-        except Exception as exc:
-            raise SqlTableError(
-                f"table: {self.table!r} does not exist or cannot be read ({error_brief(exc)})"
-            ) from exc
-
-    def _present(self, names: Sequence[str]) -> Callable[[str], bool]:
-        if self._db.dialect.names_case_insensitive:
-            lowered = {n.lower() for n in names}
-            return lambda c: c.lower() in lowered
-        exact = set(names)
-        return lambda c: c in exact
+        """Column names of the prompts table as the database reports them."""
+        cols = self._schema.columns(self.table)
+        if cols is None:
+            raise SqlTableError(self._schema.missing_table_message(self.table))
+        return list(cols.types)
 
     def validate(self) -> None:
         """Raise SqlTableError if the table, the id column or a read column is missing."""
-        present = self._present(self.existing_columns())
-        missing = [("id_column", self.id_column)] if not present(self.id_column) else []
-        missing += [(f"read_columns[{i}]", c) for i, c in enumerate(self.read_columns) if not present(c)]
+        cols = self._schema.columns(self.table)
+        if cols is None:
+            raise SqlTableError(self._schema.missing_table_message(self.table))
+        wanted = [("id_column", self.id_column)]
+        wanted += [(f"read_columns[{i}]", c) for i, c in enumerate(self.read_columns)]
+        missing = [(setting, name) for setting, name in wanted if cols.find(name) is None]
         if missing:
             listed = ", ".join(f"{setting}={name!r}" for setting, name in missing)
-            raise SqlTableError(f"table {self.table!r} has no column(s): {listed}")
+            hints = [
+                f"{name!r} exists as {cols.other_case(name)!r}"
+                for _, name in missing
+                if cols.other_case(name) is not None
+            ]
+            hint = (
+                f" ({'; '.join(hints)}: PostgreSQL folds unquoted names to lower case, pass them as stored)"
+                if hints
+                else ""
+            )
+            raise SqlTableError(f"table {self.table!r} has no column(s): {listed}{hint}")
+        self._integer_ids = is_integer_type(cols.type_of(self.id_column))
 
     def check_unique_ids(self) -> None:
         """Raise SqlTableError if the id column has NULLs or duplicates.
@@ -181,15 +234,15 @@ class SqlTable:
         """
         t, i = self._q_table, self._q_id
         nulls = self._db.query(f"SELECT COUNT(*) FROM {t} WHERE {i} IS NULL")[0][0]
-        dupes, example = self._db.query(
-            f"SELECT COUNT(*), MIN(d.k) FROM (SELECT {i} AS k FROM {t} WHERE {i} IS NOT NULL "
-            f"GROUP BY {i} HAVING COUNT(*) > 1) d"
-        )[0]
+        groups = f"SELECT {i} AS k FROM {t} WHERE {i} IS NOT NULL GROUP BY {i} HAVING COUNT(*) > 1"
+        dupes = self._db.query(f"SELECT COUNT(*) FROM ({groups}) d")[0][0]
         if nulls or dupes:
             problems = []
             if nulls:
                 problems.append(f"{nulls} row(s) with NULL id")
             if dupes:
+                # No MIN(): it does not exist for every key type (PostgreSQL's uuid).
+                example = self._db.query(f"{groups} ORDER BY k LIMIT 1")[0][0]
                 problems.append(f"{dupes} id value(s) used by more than one row (e.g. {example!r})")
             raise SqlTableError(
                 f"table {self.table!r}: id_column {self.id_column!r} must be unique and non-NULL; found "
@@ -197,66 +250,31 @@ class SqlTable:
             )
 
     def ensure_result_columns(self) -> list[str]:
-        """Add the missing result columns (``ALTER TABLE ... ADD COLUMN``); return their names.
+        """Create what results need (columns in place, or the results table); return names added.
 
-        Safe when several tasks (shards) run it at once: a column another task added in the
-        meantime counts as present, not as an error.
+        Refuses, before any call, result-named columns the provider did not create and columns
+        whose type cannot hold what is written. Safe when several tasks run it at once.
         """
-        added: list[str] = []
-        with self._db.lock:
-            present = self._present(self.existing_columns())
-            types = self._db.dialect.column_types
-            for fieldname, name in self.columns.items():
-                if present(name):
-                    continue
-                sql = f"ALTER TABLE {self._q_table} ADD COLUMN {self._q_result[fieldname]} {types[fieldname]}"
-                try:
-                    self._db.execute_commit(sql)
-                    added.append(name)
-                except Exception as exc:
-                    if not self._present(self.existing_columns())(name):
-                        raise SqlTableError(
-                            f"table {self.table!r}: cannot add result column {name!r} ({error_brief(exc)})"
-                        ) from exc
-        if added:
-            log.info("table %s: added result columns %s", self.table, added)
-        return added
+        return self._store.ensure()
+
+    def prepare(
+        self, read_columns: Sequence[str], current_hash: Callable[[Mapping[str, Any]], str | None]
+    ) -> None:
+        """Take the batch's prompt columns, check the table, ids and columns, create result columns.
+
+        Everything here runs before the first Dify call, so a table that cannot work costs nothing.
+        """
+        self._bind(read_columns, current_hash)
+        self.validate()
+        self.check_unique_ids()
+        self.ensure_result_columns()
 
     # -- reading ------------------------------------------------------------------------------
-
-    def _filter(
-        self, params: Params, redo: str, where: str | None, shard: tuple[int, int] | None, has_status: bool
-    ) -> list[str]:
-        """WHERE terms, adding their parameters to ``params`` in text order."""
-        if redo not in REDO_MODES:
-            raise ValueError(f"redo: {redo!r} is not one of {list(REDO_MODES)}")
-        terms: list[str] = []
-        status = self._q_result["status"]
-        # Without a status column no row has been processed yet: every row is to do.
-        if has_status and redo == "pending":
-            terms.append(f"{status} IS NULL")
-        elif has_status and redo == "failed":
-            terms.append(f"({status} IS NULL OR {status} = {params.add(FAILED)})")
-        if where is not None:
-            if not isinstance(where, str) or not where.strip():
-                raise SqlTableError("where: expected a non-empty SQL predicate string")
-            terms.append(f"({where})")
-            params.add_user()
-        if shard is not None:
-            index, count = check_shard(shard)
-            # ((id % n) + n) % n is a true modulo for negative ids too (% truncates on both engines).
-            m, i = self._db.dialect.modulo, self._q_id
-            n1 = params.add(count)  # placeholders are added in the order they appear in the text
-            n2 = params.add(count)
-            n3 = params.add(count)
-            terms.append(f"(({i} {m} {n1}) + {n2}) {m} {n3} = {params.add(index)}")
-        return terms
-
-    def _has_status(self) -> bool:
-        return self._present(self.existing_columns())(self.columns.status)
-
-    def _has_hash(self) -> bool:
-        return self._present(self.existing_columns())(self.columns.input_hash)
+    def _layout(self) -> Layout:
+        if self._integer_ids is None:
+            cols = self._schema.columns(self.table)
+            self._integer_ids = is_integer_type(cols.type_of(self.id_column) if cols else None)
+        return Layout(self._q_table, self._q_store, self._q_id, self.results_table is None, self._integer_ids)
 
     def count_todo(
         self,
@@ -265,12 +283,24 @@ class SqlTable:
         where_parameters: Any = None,
         shard: tuple[int, int] | None = None,
     ) -> int:
-        """Number of rows iter_chunks() would yield with the same arguments."""
+        """Number of rows iter_chunks() would consider with the same arguments (claims aside)."""
+        check_redo(redo)
         with self._db.lock:
-            params = Params(self._db.dialect, where_parameters)
-            terms = self._filter(params, redo, where, shard, self._has_status())
-            sql = f"SELECT COUNT(*) FROM {self._q_table}" + (" WHERE " + " AND ".join(terms) if terms else "")
-            return int(self._db.query(sql, params.values)[0][0])
+            self._store.seed(where, where_parameters)
+            status = self._store.status_column()
+            sql, params = page_sql(
+                self._layout(),
+                self.dialect,
+                select=["COUNT(*)"],
+                redo=redo,
+                where=where,
+                where_parameters=where_parameters,
+                shard=shard,
+                q_status=status,
+                last=None,
+                limit=None,
+            )
+            return int(self._db.query(sql, params)[0][0])
 
     def iter_chunks(
         self,
@@ -280,37 +310,37 @@ class SqlTable:
         where_parameters: Any = None,
         shard: tuple[int, int] | None = None,
     ) -> Iterator[list[dict[str, Any]]]:
-        """Yield lists of at most ``chunk_size`` row dicts, in id order, each row exactly once.
+        """Yield lists of at most ``chunk_size`` row dicts, in id order, each row at most once.
 
         Each dict holds the id column, the read columns and the row's current status under
-        ``"__status__"``. Rows already yielded are never revisited even when their status changes
-        (paging is by ``id > last id``), so results may be written between chunks. Read columns
-        holding non-UTF-8 text on SQLite come back as :class:`InvalidText`.
+        ``"__status__"`` (and ``"__input_hash__"`` with ``redo="changed"``). With claims on (and the
+        claim columns present), every yielded row is claimed for this run. Pages may come out
+        empty (every row of a page claimed elsewhere or unchanged).
         """
         if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
             raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
+        check_redo(redo)
         if redo == "changed" and self.current_hash is None:
             raise ValueError('redo="changed" needs SqlTable(current_hash=...) to hash each row\'s content')
         with self._db.lock:
-            has_status = self._has_status()
-            has_hash = redo == "changed" and self._has_hash()
+            self._store.seed(where, where_parameters)
+            status = self._store.status_column()
+            has_hash = redo == "changed" and self._store.has("input_hash")
+            claiming = self.claims and self._store.has_claims()
             # Check the arguments now, not at the first next(): bad settings fail at the call.
-            self._filter(Params(self._db.dialect, where_parameters), redo, where, shard, has_status)
-        pages = self._pages(chunk_size, redo, where, where_parameters, shard, has_status, has_hash)
-        return self._changed_only(pages) if redo == "changed" else pages
-
-    def _changed_only(self, pages: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
-        """Drop rows answered with exactly the content they hold now (pages may come out empty)."""
-        current = self.current_hash
-        assert current is not None
-        for page in pages:
-            # Unchanged = answered before and the stored hash equals the current one; two NULLs
-            # (a row that could not be sent then and cannot now) also count as unchanged.
-            keep = [
-                row for row in page if row[STATUS_KEY] is None or _stripped(row[HASH_KEY]) != current(row)
-            ]
-            self.skipped_unchanged += len(page) - len(keep)
-            yield keep
+            page_sql(
+                self._layout(),
+                self.dialect,
+                select=["1"],
+                redo=redo,
+                where=where,
+                where_parameters=where_parameters,
+                shard=shard,
+                q_status=status,
+                last=None,
+                limit=1,
+            )
+        return self._pages(chunk_size, redo, where, where_parameters, shard, status, has_hash, claiming)
 
     def _pages(
         self,
@@ -319,82 +349,183 @@ class SqlTable:
         where: Any,
         where_parameters: Any,
         shard: Any,
-        has_status: bool,
-        has_hash: bool = False,
+        status: str | None,
+        has_hash: bool,
+        claiming: bool,
     ) -> Iterator[list[dict[str, Any]]]:
-        status_expr = self._q_result["status"] if has_status else "NULL"
-        extra = [self._q_result["input_hash"] if has_hash else "NULL"] if redo == "changed" else []
-        select = ", ".join([self._q_id, *self._q_read, status_expr, *extra])
-        keys = [self.id_column, *self.read_columns, STATUS_KEY, *([HASH_KEY] if extra else [])]
+        alias = self._layout().read_alias
+        select = [f"t.{self._q_id}", *(f"{alias}.{c}" for c in self._q_read)]
+        select.append(f"t.{status}" if status else "NULL")
+        if redo == "changed":
+            select.append(f"t.{self._q_result['input_hash']}" if has_hash else "NULL")
+        keys = [self.id_column, *self.read_columns, STATUS_KEY, *([HASH_KEY] if redo == "changed" else [])]
+        if claiming:
+            select += [f"t.{self._q_claim['claimed_by']}", f"t.{self._q_claim['claimed_until']}"]
 
         def page_query(last: Any) -> tuple[str, Any]:
-            params = Params(self._db.dialect, where_parameters)
-            terms = self._filter(params, redo, where, shard, has_status)
-            if last is not None:
-                terms.append(f"{self._q_id} > {params.add(last)}")
-            sql = (
-                f"SELECT {select} FROM {self._q_table}"
-                + (" WHERE " + " AND ".join(terms) if terms else "")
-                + f" ORDER BY {self._q_id} LIMIT {params.add(chunk_size)}"
+            return page_sql(
+                self._layout(),
+                self.dialect,
+                select=select,
+                redo=redo,
+                where=where,
+                where_parameters=where_parameters,
+                shard=shard,
+                q_status=status,
+                last=last,
+                limit=chunk_size,
             )
-            return sql, params.values
 
-        for rows in keyset_pages(self._db, chunk_size, page_query):
-            yield [dict(zip(keys, row, strict=True)) for row in rows]
+        if not claiming:
+            for rows in keyset_pages(self._db, chunk_size, page_query):
+                yield self._unchanged_dropped([dict(zip(keys, row, strict=True)) for row in rows], redo)
+            return
+        last: Any = None
+        for _page in range(10**12):  # bounded: every page advances the id strictly
+            rows, last_seen, full = self._claim_page(page_query, last, keys, redo, chunk_size)
+            if last_seen is None:
+                return
+            yield rows
+            if not full:
+                return
+            last = last_seen
+
+    def _unchanged_dropped(self, page: list[dict[str, Any]], redo: str) -> list[dict[str, Any]]:
+        """With redo="changed": drop rows answered with exactly the content they hold now."""
+        if redo != "changed":
+            return page
+        current = self.current_hash
+        assert current is not None
+        # Unchanged = answered before and the stored hash equals the current one; two NULLs (a row
+        # that could not be sent then and cannot now) also count as unchanged.
+        keep = [row for row in page if row[STATUS_KEY] is None or _stripped(row[HASH_KEY]) != current(row)]
+        self.skipped_unchanged += len(page) - len(keep)
+        return keep
+
+    def _claim_page(
+        self,
+        page_query: Callable[[Any], tuple[str, Any]],
+        last: Any,
+        keys: list[str],
+        redo: str,
+        chunk_size: int,
+    ) -> tuple[list[dict[str, Any]], Any, bool]:
+        """Read one page and claim its takeable rows in one short transaction.
+
+        Returns (claimed rows, last id seen or None at the end, whether the page was full).
+        """
+        sql, params = page_query(last)
+        with self._db.transaction() as cur:
+            cur.execute(sql, params)
+            fetched = cur.fetchall()
+            if not fetched:
+                return [], None, False
+            now = self._held.clock()
+            takeable = [r for r in fetched if self.owner.may_take(r[-2], r[-1], now)]
+            self.skipped_claimed += len(fetched) - len(takeable)
+            page = self._unchanged_dropped([dict(zip(keys, r[:-2], strict=True)) for r in takeable], redo)
+            got = self._claim(cur, [row[self.id_column] for row in page], redo, now) if page else set()
+        self.skipped_claimed += len(page) - len(got)
+        claimed = [row for row in page if row[self.id_column] in got]
+        self._held.took(row[self.id_column] for row in claimed)
+        full = len(fetched) >= chunk_size
+        return claimed, fetched[-1][0], full
+
+    def _claimable_sql(self, params: Params, redo: str, now: float) -> str:
+        """Still takeable and still to do, re-checked under the row lock: another run may have
+        claimed, answered and released a row since this page was read."""
+        by, until = self._q_claim["claimed_by"], self._q_claim["claimed_until"]
+        free = (
+            f"({by} IS NULL OR {until} IS NULL OR {until} < {params.add(now)} "
+            f"OR {by} LIKE {params.add(self.owner.scope + ':%')})"
+        )
+        terms = [free, *status_terms(params, redo, self._store.status_column())]
+        answered = self._q_result["answered_at"]
+        started = self.dialect.adapt("answered_at", self._run_started)
+        terms.append(f"({answered} IS NULL OR {answered} < {params.add(started)})")
+        return " AND ".join(terms)
+
+    def _claim(self, cur: Any, ids: list[Any], redo: str, now: float) -> set[Any]:
+        """Claim ``ids`` for this run inside the page's transaction; return the ids now ours."""
+        d, i = self.dialect, self._q_id
+        by, until = self._q_claim["claimed_by"], self._q_claim["claimed_until"]
+        params = Params(d, None)
+        owner, lease = params.add(self.owner.token), params.add(self._held.until())
+        mark = f"UPDATE {self._q_store} SET {by} = {owner}, {until} = {lease}"
+        if d.name == "sqlite":  # BEGIN IMMEDIATE holds the write lock since the page was read
+            cur.execute(f"{mark} WHERE {i} IN ({params.many(ids)})", params.values)
+            return set(ids)
+        # Placeholders are added in the order they appear in the text.
+        if d.skip_locked:
+            lock = Params(d, None)
+            in_ids = lock.many(ids)
+            cond = self._claimable_sql(lock, redo, now)
+            cur.execute(
+                f"SELECT {i} FROM {self._q_store} WHERE {i} IN ({in_ids}) AND {cond}{d.skip_locked}",
+                lock.values,
+            )
+            got = [r[0] for r in cur.fetchall()]
+            if got:
+                cur.execute(f"{mark} WHERE {i} IN ({params.many(got)})", params.values)
+            return set(got)
+        in_ids = params.many(ids)  # generic: optimistic, then read back which rows are ours
+        cond = self._claimable_sql(params, redo, now)
+        cur.execute(f"{mark} WHERE {i} IN ({in_ids}) AND {cond}", params.values)
+        check = Params(d, None)
+        mine = f"{i} IN ({check.many(ids)}) AND {by} = {check.add(self.owner.token)}"
+        cur.execute(f"SELECT {i} FROM {self._q_store} WHERE {mine}", check.values)
+        return {r[0] for r in cur.fetchall()}
+
+    # -- claims while running -------------------------------------------------------------------
+    def heartbeat(self) -> None:
+        """Renew the lease of this run's unwritten claims when a third of it has passed."""
+        if not self._held.due():
+            return
+        ids = self._held.renewing()
+        by, until = self._q_claim["claimed_by"], self._q_claim["claimed_until"]
+        for part in batches(ids):
+            params = Params(self.dialect, None)
+            self._db.execute_commit(
+                f"UPDATE {self._q_store} SET {until} = {params.add(self._held.until())} "
+                f"WHERE {by} = {params.add(self.owner.token)} AND {self._q_id} IN ({params.many(part)})",
+                params.values,
+            )
+
+    def release(self) -> None:
+        """Give back claims on rows this run took but never wrote (stopped, budget, killed)."""
+        ids = list(self._held.ids)
+        if not ids or not self.claims:
+            return
+        by, until = self._q_claim["claimed_by"], self._q_claim["claimed_until"]
+        try:
+            for part in batches(ids):
+                params = Params(self.dialect, None)
+                self._db.execute_commit(
+                    f"UPDATE {self._q_store} SET {until} = NULL, {by} = NULL "
+                    f"WHERE {by} = {params.add(self.owner.token)} AND {self._q_id} IN ({params.many(part)})",
+                    params.values,
+                )
+            self._held.wrote(ids)
+        except Exception as exc:  # noqa: BLE001 - the leases expire by themselves
+            log.warning(
+                "table %s: releasing %d claim(s) failed (%s); they expire",
+                self.table,
+                len(ids),
+                error_brief(exc),
+            )
 
     # -- writing ------------------------------------------------------------------------------
-
     def write_results(self, outcomes: Sequence[RowOutcome]) -> None:
-        """Write one chunk of outcomes in one transaction; retry, then raise SqlWriteError.
+        """Write one group of outcomes (one transaction; row by row if the group fails on its data).
 
-        Either every row of the chunk is updated or none is. Ids missing from the table update
-        nothing (logged as a warning).
+        Ids missing from the table update nothing (logged as a warning).
         """
-        if not outcomes:
-            return
-        fields = [f for f, _ in self.columns.items()]
-        first_id = outcomes[0].row_id
-        attempts = 1 + self.write_retries
-        for attempt in range(1, attempts + 1):
-            with self._db.lock:
-                try:
-                    dialect = self._db.dialect
-                    params = Params(dialect, None)
-                    sets = ", ".join(f"{self._q_result[f]} = {params.add(None)}" for f in fields)
-                    sql = f"UPDATE {self._q_table} SET {sets} WHERE {self._q_id} = {params.add(None)}"
-                    rows = [
-                        [dialect.adapt(f, v) for f, v in o.column_values().items()] + [o.row_id]
-                        for o in outcomes
-                    ]
-                    updated = self._db.executemany_commit(sql, rows)
-                except Exception as exc:
-                    brief = error_brief(exc)
-                    if attempt == attempts:
-                        raise SqlWriteError(
-                            f"writing {len(outcomes)} result row(s) to table {self.table!r} failed after "
-                            f"{attempts} attempt(s) (chunk starting at id {first_id!r}): {brief}"
-                        ) from exc
-                    delay = self.write_backoff * 2 ** (attempt - 1)
-                    log.warning(
-                        "table %s: write attempt %d/%d (chunk starting at id %r) failed: %s; retry in %.2fs",
-                        self.table,
-                        attempt,
-                        attempts,
-                        first_id,
-                        brief,
-                        delay,
-                    )
-                else:
-                    if 0 <= updated < len(outcomes):
-                        log.warning(
-                            "table %s: %d of %d result rows matched no id (chunk starting at id %r)",
-                            self.table,
-                            len(outcomes) - updated,
-                            len(outcomes),
-                            first_id,
-                        )
-                    return
-            time.sleep(delay)
+        self._writer.write(outcomes)
+
+    @property
+    def unsaved(self) -> list[Any]:
+        """Ids whose result could not be stored at all (each logged as an error)."""
+        return list(self._writer.unsaved)
 
 
 def _stripped(value: Any) -> Any:

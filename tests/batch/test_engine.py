@@ -37,6 +37,10 @@ class Rows:
         #: rows started but not saved, seen at each write (before it lands)
         self.outstanding_at_write: list[int] = []
         self.skipped_unchanged = 0
+        self.skipped_claimed = 0
+
+    def heartbeat(self) -> None:
+        return None
 
     def prepare(self, read_columns: Sequence[str], current_hash: Callable[..., Any]) -> None:
         assert list(read_columns) == ["prompt"]
@@ -164,13 +168,12 @@ def test_price_cap_projects_in_flight_calls() -> None:
 
 def test_stop_signal_saves_calls_in_flight_and_starts_no_more() -> None:
     stop = StopSignal()
-    in_flight = threading.Barrier(3, timeout=WAIT)
+    # The stop comes while the first three calls are all running, before any of them returns.
+    in_flight = threading.Barrier(3, action=lambda: stop.stop("killed"), timeout=WAIT)
 
     def hook(i: int) -> None:
         if i <= 3:
-            in_flight.wait()  # the first three calls are all running when the stop comes
-            if i == 1:
-                stop.stop("killed")
+            in_flight.wait()
 
     client = ScriptedClient(hook)
     rows = Rows(30, client)

@@ -14,9 +14,12 @@ from airflow_dify.batch.run import run_batch as _run_batch
 from airflow_dify.batch.summary import BatchSummary
 from airflow_dify.client import DifyClient, RetryPolicy
 from airflow_dify.client.models import MODE_FAMILY
+from airflow_dify.sql.claims import ClaimOwner
 from airflow_dify.sql.table import SqlTable
 from airflow_dify.testing import FakeDify
 
+#: Every run of the harness (and the crash worker) is one job: a rerun resumes a crashed run's claims.
+JOB = ClaimOwner.named("reliability")
 FAST_RETRY = RetryPolicy(
     max_attempts=4, max_elapsed=30, initial_wait=0.05, max_wait=2.0, resend_maybe_billed=False
 )
@@ -73,7 +76,7 @@ def run_batch(
         **run_kw,
     )
     client = DifyClient(fake.url, auth or fake.app(mode).key, timeout=timeout, retry=retry)
-    table = SqlTable(lambda: sqlite3.connect(db_path), "t", dialect="sqlite")
+    table = SqlTable(lambda: sqlite3.connect(db_path), "t", dialect="sqlite", owner=JOB)
     try:
         caller = client if after_call is None else _CountingClient(client, after_call)
         return _run_batch(table, table, caller, options)

@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 
 from airflow_dify.outcome import ResultColumns, RowOutcome
+from airflow_dify.sql.layout import CLAIM_FIELDS
 from airflow_dify.sql.table import STATUS_KEY, SqlTable, SqlTableError
+from tests import databases
 
 PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=5"
 
@@ -68,20 +70,15 @@ def _backend(dialect: str, tmp_path: Path) -> Iterator[Backend]:
         path = tmp_path / "db.sqlite"
         yield Backend("sqlite", table, lambda: sqlite3.connect(path), "?", ":{}")
         return
-    import psycopg
-
-    try:
-        psycopg.connect(PG_DSN).close()
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is unreachable: {exc}")
-    backend = Backend("postgres", table, lambda: psycopg.connect(PG_DSN), "%s", "%({})s")
+    databases.require(dialect)
+    backend = Backend(dialect, table, lambda: databases.connect(dialect), "%s", "%({})s")
     try:
         yield backend
     finally:
         backend.execute(f"DROP TABLE IF EXISTS {table}")
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=databases.params())
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     yield from _backend(request.param, tmp_path)
 
@@ -138,7 +135,7 @@ def test_missing_table_and_columns_are_named(db: Backend) -> None:
 
 def test_schema_qualified_table(db: Backend) -> None:
     db.make([1, 2])
-    schema = "main" if db.dialect == "sqlite" else "public"
+    schema = {"sqlite": "main", "postgres": "public", "mysql": "test"}[db.dialect]
     table = SqlTable(db.connect, f"{schema}.{db.table}", dialect=db.dialect)
     table.validate()
     assert table.count_todo() == 2
@@ -158,11 +155,11 @@ def test_null_and_duplicate_ids_are_reported(db: Backend) -> None:
 
 
 def test_ensure_result_columns_is_idempotent(db: Backend) -> None:
-    db.make([1, 2], extra_cols=", answer TEXT")
+    db.make([1, 2])
     table = table_for(db)
     added = table.ensure_result_columns()
     all_names = [c for _, c in ResultColumns().items()]
-    assert added == [c for c in all_names if c != "answer"]
+    assert added == [*all_names, *CLAIM_FIELDS]
     assert table.ensure_result_columns() == []
     assert set(all_names) <= set(table.existing_columns())
     renamed = table_for(db, columns=ResultColumns.with_overrides({"answer": "reply", "status": "state"}))
@@ -178,6 +175,44 @@ def test_ensure_result_columns_is_idempotent(db: Backend) -> None:
         assert types["answered_at"] == "timestamp with time zone"
         assert types["total_tokens"] == "bigint"
         assert types["status"] == "character varying"
+
+
+@pytest.mark.parametrize(
+    ("user_columns", "named"),
+    [
+        (", answer INTEGER", ["answer (int"]),
+        (", status BOOLEAN", ["status (bool", "status (tinyint"]),  # MySQL's BOOLEAN is tinyint(1)
+        (", status VARCHAR(10), error TEXT", ["status (", "error ("]),
+    ],
+)
+def test_result_named_columns_the_provider_did_not_create_stop_the_run(
+    db: Backend, user_columns: str, named: list[str]
+) -> None:
+    db.make([1, 2, 3], extra_cols=user_columns)
+    before = db.fetch(f"SELECT * FROM {db.table} ORDER BY id")
+    with pytest.raises(SqlTableError) as err:
+        table_for(db).ensure_result_columns()
+    message = str(err.value).lower()
+    assert any(n in message for n in named) and all(f"{n.split()[0]} (" in message for n in named), message
+    assert "result_columns=" in message and "results_table=" in message
+    assert db.fetch(f"SELECT * FROM {db.table} ORDER BY id") == before  # nothing added or written
+    assert [c.lower() for c in table_for(db).existing_columns()] == [
+        "id",
+        "prompt",
+        *(c.split()[0].lower() for c in user_columns.strip(", ").split(", ")),
+    ]
+
+
+def test_columns_made_by_an_earlier_version_are_adopted(db: Backend) -> None:
+    db.make([1])
+    for field, name in ResultColumns().items():  # every result column, none in the registry
+        kind = (
+            "BIGINT"
+            if field in ("prompt_tokens", "completion_tokens", "total_tokens", "latency_ms", "attempts")
+            else "TEXT"
+        )
+        db.execute(f"ALTER TABLE {db.table} ADD COLUMN {name} {kind}")
+    assert table_for(db).ensure_result_columns() == list(CLAIM_FIELDS)
 
 
 # -- selection ----------------------------------------------------------------------------------
@@ -306,7 +341,7 @@ def test_concurrent_ensure_result_columns_both_succeed(db: Backend) -> None:
         t.join(timeout=60)
     assert all(isinstance(r, list) for r in results), results
     all_names = [c for _, c in ResultColumns().items()]
-    assert sorted(sum(results, [])) == sorted(all_names)  # each column added exactly once
+    assert sorted(sum(results, [])) == sorted([*all_names, *CLAIM_FIELDS])  # each added exactly once
     assert set(all_names) <= set(table_for(db).existing_columns())
 
 

@@ -17,10 +17,24 @@ from typing import Any
 import pytest
 
 from airflow_dify.outcome import FAILED, SUCCEEDED, RowOutcome
+from airflow_dify.sql.connection import SqlConnection
+from airflow_dify.sql.schema import Schema
 from airflow_dify.sql.table import InvalidText, SqlTable, SqlWriteError
+from tests import databases
 
 PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=5"
 LOGGER = "airflow_dify.sql.table"
+
+
+def own(connect: Any, dialect: str, table: str, columns: list[str]) -> None:
+    """Record ``columns`` of ``table`` as created by the provider (the registry it keeps)."""
+    db = SqlConnection(connect, dialect)
+    try:
+        schema = Schema(db, dialect)
+        schema.ensure_registry()
+        schema.register(table, columns)
+    finally:
+        db.discard()
 
 
 class Backend:
@@ -56,30 +70,28 @@ class Backend:
             conn.close()
 
     def make(self, n: int, extra_cols: str = "") -> SqlTable:
-        """Table with ids 1..n, answer column present (constraints can target it), all columns added."""
+        """Table with ids 1..n and an answer column (so constraints can target it) registered as the
+        provider's own, as if it had created it; all result columns added."""
         self.execute(
             f"CREATE TABLE {self.table} (id BIGINT PRIMARY KEY, prompt TEXT, answer TEXT{extra_cols})"
         )
         for i in range(1, n + 1):
             self.execute(f"INSERT INTO {self.table} (id, prompt) VALUES ({i}, 'p{i}')")
+        own(self.connect, self.dialect, self.table, ["answer"])
         table = SqlTable(self.connect, self.table, dialect=self.dialect, write_backoff=0.0)
         table.ensure_result_columns()
         return table
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=databases.params())
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "sqlite":
+    kind = request.param
+    if kind == "sqlite":
         path = tmp_path / "db.sqlite"
         yield Backend("sqlite", lambda: sqlite3.connect(path), "?")
         return
-    import psycopg
-
-    try:
-        psycopg.connect(PG_DSN).close()
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is unreachable: {exc}")
-    backend = Backend("postgres", lambda: psycopg.connect(PG_DSN), "%s")
+    databases.require(kind)
+    backend = Backend(kind, lambda: databases.connect(kind), "%s")
     try:
         yield backend
     finally:
@@ -145,6 +157,9 @@ def test_full_outcome_round_trips_exactly(db: Backend) -> None:
     if db.dialect == "sqlite":
         assert answered == "2024-05-01T12:30:15.123456+00:00"  # ISO-8601, normalised to UTC
         answered = dt.datetime.fromisoformat(answered)
+    if db.dialect == "mysql":  # DATETIME has no zone: the provider writes naive UTC
+        assert answered.tzinfo is None
+        answered = answered.replace(tzinfo=dt.timezone.utc)
     assert answered == when
     assert answered.utcoffset() == dt.timedelta(0) or db.dialect == "postgres"
     assert (rows[2]["status"], rows[2]["error"]) == (FAILED, "400 invalid_param: bad")
@@ -158,57 +173,108 @@ def test_naive_answered_at_is_taken_as_utc(db: Backend) -> None:
     value = db.fetch(f"SELECT answered_at FROM {db.table}")[0][0]
     if db.dialect == "sqlite":
         value = dt.datetime.fromisoformat(value)
+    if db.dialect == "mysql":
+        value = value.replace(tzinfo=dt.timezone.utc)
     assert value == dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 
 
-def test_failure_mid_chunk_writes_nothing_then_raises(db: Backend, caplog: pytest.LogCaptureFixture) -> None:
+def test_one_unstorable_row_never_costs_the_others(db: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    """A CHECK constraint refuses row 3: the other four answers are saved in the same write, row 3
+    is stored as failed with the database's reason, and its usage and price are kept."""
     table = db.make(5, extra_cols=" CHECK (answer IS NULL OR answer <> 'boom')")
-    table.write_retries = 2
-    chunk = [_ok(1), _ok(2), RowOutcome(row_id=3, status=SUCCEEDED, answer="boom"), _ok(4), _ok(5)]
-    with caplog.at_level(logging.WARNING, logger=LOGGER), pytest.raises(SqlWriteError) as err:
+    boom = RowOutcome(row_id=3, status=SUCCEEDED, answer="boom", total_tokens=9, total_price=Decimal("0.5"))
+    chunk = [_ok(1), _ok(2), boom, _ok(4), _ok(5)]
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         table.write_results(chunk)
-    msg = str(err.value)
-    assert f"table '{db.table}'" in msg and "chunk starting at id 1" in msg and "3 attempt(s)" in msg
-    assert "boom" not in msg and "answer 1" not in msg  # no row values in the message
-    assert err.value.__cause__ is not None
-    retries = [r for r in caplog.records if "write attempt" in r.getMessage()]
-    assert len(retries) == 2
-    assert all("boom" not in r.getMessage() for r in retries)
-    assert db.fetch(f"SELECT COUNT(*) FROM {db.table} WHERE status IS NOT NULL OR answer IS NOT NULL") == [
-        (0,)
-    ]
+    rows = {
+        r["id"]: r
+        for r in db.records(f"SELECT id, status, answer, error, total_tokens, total_price FROM {db.table}")
+    }
+    assert [rows[i]["answer"] for i in (1, 2, 4, 5)] == ["answer 1", "answer 2", "answer 4", "answer 5"]
+    assert all(rows[i]["status"] == SUCCEEDED for i in (1, 2, 4, 5))
+    assert rows[3]["status"] == FAILED and rows[3]["answer"] is None
+    assert "could not be stored" in rows[3]["error"]
+    assert rows[3]["total_tokens"] == 9 and Decimal(str(rows[3]["total_price"])) == Decimal("0.5")
+    assert all("boom" not in r.getMessage() and "answer 1" not in r.getMessage() for r in caplog.records)
+    assert table.unsaved == []
     # The connection is usable again afterwards.
-    table.write_results([_ok(1), _ok(2)])
-    assert table.count_todo(redo="pending") == 3
+    table.write_results([_ok(3)])
+    assert table.count_todo(redo="failed") == 0
 
 
 @pytest.mark.postgres
-def test_value_too_long_for_varchar_on_postgres(tmp_path: Path) -> None:
+def test_value_too_long_for_varchar_on_postgres(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     import psycopg
 
     db = Backend("postgres", lambda: psycopg.connect(PG_DSN), "%s")
     try:
         table = db.make(3)
-        table.write_retries = 1
-        with pytest.raises(SqlWriteError, match="SQLSTATE 22001") as err:
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
             table.write_results([_ok(1, currency="USD"), _ok(2, currency="DOLLARS-US")])
-        assert "DOLLARS" not in str(err.value)
-        assert db.fetch(f"SELECT COUNT(*) FROM {db.table} WHERE status IS NOT NULL") == [(0,)]
+        rows = {r["id"]: r for r in db.records(f"SELECT id, status, currency, error FROM {db.table}")}
+        assert rows[1]["status"] == SUCCEEDED and rows[1]["currency"] == "USD"
+        assert rows[2]["status"] == FAILED and "SQLSTATE 22001" in rows[2]["error"]
+        assert all("DOLLARS" not in r.getMessage() for r in caplog.records)
     finally:
         db.execute(f"DROP TABLE IF EXISTS {db.table}")
 
 
-def test_sqlite_autocommit_connection_still_writes_atomically(tmp_path: Path) -> None:
+@pytest.mark.postgres
+def test_nul_byte_answer_is_stored_sanitised_on_postgres() -> None:
+    """PostgreSQL text cannot hold NUL: the paid answer is kept without it, and the row says so."""
+    import psycopg
+
+    db = Backend("postgres", lambda: psycopg.connect(PG_DSN), "%s")
+    try:
+        table = db.make(3)
+        table.write_results([_ok(1), RowOutcome(row_id=2, status=SUCCEEDED, answer="a\x00b\x00c"), _ok(3)])
+        rows = {r["id"]: r for r in db.records(f"SELECT id, status, answer, error FROM {db.table}")}
+        assert [rows[i]["status"] for i in (1, 2, 3)] == [SUCCEEDED] * 3
+        assert rows[2]["answer"] == "abc" and "2 NUL character(s) removed from answer" in rows[2]["error"]
+        assert rows[1]["answer"] == "answer 1" and rows[3]["answer"] == "answer 3"
+    finally:
+        db.execute(f"DROP TABLE IF EXISTS {db.table}")
+
+
+def test_a_failed_rerun_never_replaces_an_answer(db: Backend) -> None:
+    table = db.make(2)
+    table.write_results([_ok(1, total_price=Decimal("0.25"), input_hash="h1"), _ok(2)])
+    failed = RowOutcome(
+        row_id=1, status=FAILED, error="429 rate_limit_error: quota", attempts=4, prior_status=SUCCEEDED
+    )
+    table.write_results([failed, RowOutcome(row_id=2, status=FAILED, error="400 bad")])
+    rows = {r["id"]: r for r in db.records(f"SELECT * FROM {db.table}")}
+    kept = rows[1]
+    assert kept["status"] == SUCCEEDED and kept["answer"] == "answer 1" and kept["input_hash"] == "h1"
+    assert Decimal(str(kept["total_price"])) == Decimal("0.25")
+    assert kept["error"] == "429 rate_limit_error: quota" and kept["attempts"] == 4
+    assert rows[2]["status"] == FAILED and rows[2]["answer"] is None  # no answer to keep: replaced
+
+
+def test_sqlite_autocommit_connection_still_saves_the_good_rows(tmp_path: Path) -> None:
     path = tmp_path / "auto.sqlite"
     db = Backend("sqlite", lambda: sqlite3.connect(path, isolation_level=None), "?")
     table = db.make(3, extra_cols=" CHECK (answer IS NULL OR answer <> 'boom')")
-    table.write_retries = 0
-    with pytest.raises(SqlWriteError):
-        table.write_results([_ok(1), _ok(2), RowOutcome(row_id=3, status=SUCCEEDED, answer="boom")])
-    assert db.fetch(f"SELECT COUNT(*) FROM {db.table} WHERE status IS NOT NULL") == [(0,)]
+    table.write_results([_ok(1), _ok(2), RowOutcome(row_id=3, status=SUCCEEDED, answer="boom")])
+    statuses = dict(db.fetch(f"SELECT id, status FROM {db.table}"))
+    assert statuses == {1: SUCCEEDED, 2: SUCCEEDED, 3: FAILED}
 
 
-def test_transient_write_failure_is_retried(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_table_that_takes_no_write_at_all_raises(tmp_path: Path) -> None:
+    path = tmp_path / "locked.sqlite"
+    db = Backend("sqlite", lambda: sqlite3.connect(path), "?")
+    table = db.make(2)
+    db.execute(
+        f"CREATE TRIGGER never BEFORE UPDATE ON {db.table} BEGIN SELECT RAISE(ABORT, 'read only'); END"
+    )
+    with pytest.raises(SqlWriteError, match="one by one too") as err:
+        table.write_results([_ok(1), _ok(2)])
+    assert "answer" not in str(err.value) and err.value.__cause__ is not None
+
+
+def test_a_write_that_fails_once_is_written_in_the_end(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # A real trigger calling a real SQL function that aborts the first two UPDATE transactions.
     path = tmp_path / "flaky.sqlite"
     calls = {"n": 0}
@@ -230,7 +296,7 @@ def test_transient_write_failure_is_retried(tmp_path: Path, caplog: pytest.LogCa
     )
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         table.write_results([_ok(1), _ok(2), _ok(3)])
-    assert len([r for r in caplog.records if "write attempt" in r.getMessage()]) == 2
+    assert len([r for r in caplog.records if "one by one" in r.getMessage()]) == 1
     assert db.fetch(f"SELECT id FROM {db.table} WHERE status = 'succeeded' ORDER BY id") == [(1,), (2,), (3,)]
 
 

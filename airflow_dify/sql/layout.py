@@ -1,0 +1,221 @@
+"""Where results live: columns the provider adds to the prompts table, or a results table.
+
+Both are checked before the first call: a result-named column the provider did not create, or one
+whose type cannot hold what will be written, stops the run with the two ways out. A results table
+is created keyed by the source id (same type, primary key) and seeded with the ids the run may
+select, so selecting, claiming and writing work the same as in place; the source stays read only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_dify.outcome import ResultColumns
+from airflow_dify.sql.connection import SqlConnection, error_brief
+from airflow_dify.sql.dialects import type_holds
+from airflow_dify.sql.errors import SqlTableError
+from airflow_dify.sql.params import Params
+from airflow_dify.sql.schema import Columns, Schema
+
+log = logging.getLogger("airflow_dify.sql.table")
+CLAIM_FIELDS = ("claimed_by", "claimed_until")
+
+
+@dataclass(frozen=True)
+class TableNames:
+    """One batch's table and column names, as given and quoted for its dialect."""
+
+    table: str
+    results_table: str | None
+    id_column: str
+    columns: ResultColumns
+    q_table: str
+    q_store: str
+    q_id: str
+    q_result: dict[str, str]
+    q_claim: dict[str, str]
+
+    @property
+    def store(self) -> str:
+        return self.results_table or self.table
+
+    def wanted(self, claims: bool) -> list[tuple[str, str]]:
+        """(logical field, column name) of every column the store needs."""
+        out = list(self.columns.items())
+        return out + [(f, f) for f in CLAIM_FIELDS] if claims else out
+
+    def quoted(self, field: str) -> str:
+        return self.q_claim[field] if field in CLAIM_FIELDS else self.q_result[field]
+
+
+class ResultStore:
+    """The table that holds results and claims, made ready and kept honest.
+
+    :param claims: whether the claim columns belong to the store.
+    """
+
+    def __init__(self, db: SqlConnection, schema: Schema, names: TableNames, claims: bool) -> None:
+        self.db, self.schema, self.names, self.claims = db, schema, names, claims
+        self._seeded: set[str] = set()
+
+    # -- what is there --------------------------------------------------------------------------
+    def _columns(self) -> Columns | None:
+        return self.schema.columns(self.names.store)
+
+    def has(self, field: str) -> bool:
+        cols = self._columns()
+        name = field if field in CLAIM_FIELDS else getattr(self.names.columns, field)
+        return cols is not None and cols.find(name) is not None
+
+    def has_claims(self) -> bool:
+        cols = self._columns()
+        return cols is not None and all(cols.find(f) is not None for f in CLAIM_FIELDS)
+
+    def status_column(self) -> str | None:
+        """The quoted status column, or None before it exists (every row is then to do)."""
+        return self.names.q_result["status"] if self.has("status") else None
+
+    # -- making it ready ----------------------------------------------------------------------
+    def ensure(self) -> list[str]:
+        """Columns or table created now (names); raises SqlTableError before any call otherwise."""
+        self.schema.ensure_registry()
+        if self.names.results_table is not None and self._columns() is None:
+            return self._create_results_table()
+        return self._ensure_columns()
+
+    def _ensure_columns(self) -> list[str]:
+        names = self.names
+        with self.db.lock:
+            cols = self._columns()
+            if cols is None:
+                raise SqlTableError(self.schema.missing_table_message(names.store, self._setting()))
+            wanted = names.wanted(self.claims)
+            owned = self.schema.owned(names.store)  # read after the columns: see _add_missing
+            present = [(f, c, cols.find(c)) for f, c in wanted if cols.find(c) is not None]
+            foreign = [(f, c, found) for f, c, found in present if found.lower() not in owned]
+            if foreign and self._adoptable(cols, owned):
+                log.info("table %s: adopting the result columns an earlier version created", names.store)
+                self.schema.register(names.store, [found for _, _, found in present])
+                foreign = []
+            self._refuse(cols, foreign, [(f, found) for f, _, found in present])
+            added = self._add_missing(wanted)
+        if added:
+            log.info("table %s: added result columns %s", names.store, added)
+        return added
+
+    def _setting(self) -> str:
+        return "results_table" if self.names.results_table else "table"
+
+    def _adoptable(self, cols: Columns, owned: set[str]) -> bool:
+        """Every result column exists and none is registered: made by a version before the registry."""
+        columns = self.names.columns
+        found = [cols.find(c) for _, c in columns.items()]
+        return not owned and all(f is not None for f in found)
+
+    def _refuse(
+        self, cols: Columns, foreign: list[tuple[str, str, str]], present: list[tuple[str, str]]
+    ) -> None:
+        store = self.names.store
+        if foreign:
+            listed = ", ".join(f"{found} ({cols.type_of(found) or 'untyped'})" for _, _, found in foreign)
+            renames = {f: f"dify_{c}" for f, c, _ in foreign if f not in CLAIM_FIELDS}
+            raise SqlTableError(
+                f"table {store!r} already has column(s) the provider did not create: {listed}. It writes "
+                f"only to columns it created, so nothing was called or written. Either rename the result "
+                f"columns (result_columns={renames}) or write the results to a table of their own "
+                f"(results_table={store.split('.')[-1] + '_dify'!r})."
+            )
+        wrong = [(f, found) for f, found in present if not type_holds(f, cols.type_of(found))]
+        if wrong:
+            listed = ", ".join(f"{found} is {cols.type_of(found)}" for _, found in wrong)
+            raise SqlTableError(
+                f"table {store!r}: column(s) cannot hold what the provider writes: {listed}. Nothing was "
+                "called or written; drop or retype them, or use result_columns= / results_table=."
+            )
+
+    def _add_missing(self, wanted: list[tuple[str, str]]) -> list[str]:
+        names, types = self.names, self.db.dialect.column_types
+        added: list[str] = []
+        for field, name in wanted:
+            cols = self._columns()
+            if cols is not None and cols.find(name) is not None:
+                continue
+            sql = f"ALTER TABLE {names.q_store} ADD COLUMN {names.quoted(field)} {types[field]}"
+            # Registered before it exists: a concurrent run that sees the column sees it as ours.
+            self.schema.register(names.store, [name])
+            try:
+                self.db.execute_commit(sql)
+                added.append(name)
+            except Exception as exc:
+                again = self._columns()
+                if again is None or again.find(name) is None:  # not another task's concurrent add
+                    raise SqlTableError(
+                        f"table {names.store!r}: cannot add result column {name!r} ({error_brief(exc)})"
+                    ) from exc
+        return added
+
+    def _create_results_table(self) -> list[str]:
+        names, types = self.names, self.db.dialect.column_types
+        source = self.schema.columns(names.table)
+        if source is None:
+            raise SqlTableError(self.schema.missing_table_message(names.table))
+        id_type = key_type(self.db.dialect.name, source.type_of(names.id_column))
+        wanted = names.wanted(self.claims)
+        defs = [f"{names.q_id} {id_type} NOT NULL PRIMARY KEY"]
+        defs += [f"{names.quoted(f)} {types[f]}" for f, _ in wanted]
+        try:
+            self.db.execute_commit(f"CREATE TABLE IF NOT EXISTS {names.q_store} ({', '.join(defs)})")
+        except Exception as exc:
+            raise SqlTableError(
+                f"results_table {names.store!r}: cannot be created ({error_brief(exc)})"
+            ) from exc
+        created = [c for _, c in wanted]
+        self.schema.register(names.store, [names.id_column, *created])
+        log.info("created results table %s for %s", names.store, names.table)
+        return created
+
+    def seed(self, where: str | None, where_parameters: Any) -> None:
+        """Results table: add a row for every source id the selection may reach (once per filter)."""
+        names = self.names
+        if names.results_table is None or not self.has("status"):
+            return
+        key = repr((where, where_parameters))
+        if key in self._seeded:
+            return
+        params = Params(self.db.dialect, where_parameters)
+        inner = f"SELECT * FROM {names.q_table}"
+        if where is not None:
+            inner += f" WHERE ({where})"
+            params.add_user()
+        i = names.q_id
+        select = (
+            f"SELECT s.{i} FROM ({inner}) s WHERE s.{i} IS NOT NULL AND NOT EXISTS "
+            f"(SELECT 1 FROM {names.q_store} r WHERE r.{i} = s.{i})"
+        )
+        added = self.db.execute_commit(self.db.dialect.insert_ignore(names.q_store, i, select), params.values)
+        self._seeded.add(key)
+        if added > 0:
+            log.info("results table %s: %s new source row(s)", names.store, f"{added:,}")
+
+
+def key_type(dialect: str, declared: str | None) -> str:
+    """A primary-key column type for the results table that holds the source id's values."""
+    text = (declared or "").strip()
+    lowered = text.lower()
+    if dialect == "postgres":
+        if lowered in ("character varying", "character", "user-defined", "array", ""):
+            return "TEXT"
+        return text.upper()
+    if dialect == "mysql":
+        if re.search(r"text|blob", lowered) or not lowered:
+            return "VARCHAR(255)"  # MySQL cannot index TEXT without a length
+        return text
+    if dialect == "sqlite":
+        return text  # an untyped key stays untyped
+    return text or "VARCHAR(255)"
+
+
+__all__ = ["CLAIM_FIELDS", "ResultStore", "TableNames", "key_type"]

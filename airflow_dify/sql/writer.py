@@ -1,0 +1,252 @@
+"""Writing outcomes back: group commits that never lose a paid answer and never undo a success.
+
+A group of outcomes is written in one transaction. If that fails on the data (a NUL byte
+PostgreSQL refuses, a CHECK constraint, a value too long), the group is written row by row: every
+other row is saved, and the offending one is stored sanitised (NUL removed, noted in ``error``) or,
+if even that fails, as ``failed`` with the database's reason; its usage and price are kept when
+they can be. A failed re-run of a row that already has an answer records only the attempt
+(``error``, ``attempts``): the answer, usage, price, status and ``input_hash`` stay.
+Writing a row also releases this run's claim on it, in the same statement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from airflow_dify.outcome import COLUMN_FIELDS, FAILED, SUCCEEDED, ResultColumns, RowOutcome
+from airflow_dify.sql.connection import SqlConnection, error_brief
+from airflow_dify.sql.errors import SqlWriteError
+from airflow_dify.sql.params import Params
+
+log = logging.getLogger("airflow_dify.sql.table")
+
+#: DB-API error classes that mean the connection or server failed, not the data: retry the group.
+_TRANSIENT = frozenset({"OperationalError", "InterfaceError"})
+#: Fields an attempt on an already answered row may change.
+_ATTEMPT_FIELDS = ("error", "attempts")
+#: Fields kept when a row's result cannot be stored: what finance needs.
+_MONEY_FIELDS = ("status", "error", "attempts", "answered_at", "prompt_tokens", "completion_tokens")
+_MONEY_FIELDS += ("total_tokens", "total_price", "currency", "message_id", "conversation_id", "input_hash")
+
+
+def _transient(exc: BaseException) -> bool:
+    return any(cls.__name__ in _TRANSIENT for cls in type(exc).__mro__)
+
+
+def _reason(exc: BaseException) -> str:
+    """Driver class, SQLSTATE and the first line of its message (it can quote this row only)."""
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    return f"{error_brief(exc)}: {first}" if first else error_brief(exc)
+
+
+def sanitised(outcome: RowOutcome) -> tuple[RowOutcome, str | None]:
+    """The outcome with NUL characters and unpaired surrogates removed from its text fields."""
+    changes: dict[str, Any] = {}
+    notes: list[str] = []
+    for name in ("answer", "error", "message_id", "conversation_id", "currency"):
+        value = getattr(outcome, name)
+        if not isinstance(value, str):
+            continue
+        nuls = value.count("\x00")
+        clean = value.replace("\x00", "")
+        fixed = clean.encode("utf-8", "replace").decode("utf-8")
+        if fixed != value:
+            changes[name] = fixed
+            if nuls:
+                notes.append(f"{nuls} NUL character(s) removed from {name}")
+            if fixed != clean:
+                notes.append(f"unencodable characters replaced in {name}")
+    if not changes:
+        return outcome, None
+    note = "stored with " + "; ".join(notes)
+    error = f"{outcome.error}; {note}" if outcome.error else note
+    return dataclasses.replace(outcome, **changes, error=error), note
+
+
+class ResultWriter:
+    """UPDATEs of result rows by id on one table.
+
+    :param store: quoted name of the table that holds the results.
+    :param q_id: quoted id column.
+    :param q_result: logical field -> quoted column.
+    :param q_claim: quoted (claimed_by, claimed_until), or None without claims.
+    :param owner: this run's claim token (claims are released only if still ours).
+    """
+
+    def __init__(
+        self,
+        db: SqlConnection,
+        table: str,
+        store: str,
+        q_id: str,
+        q_result: dict[str, str],
+        q_claim: tuple[str, str] | None,
+        owner: str,
+        *,
+        retries: int = 3,
+        backoff: float = 0.5,
+        on_written: Callable[[Sequence[Any]], None] | None = None,
+    ) -> None:
+        self.db, self.table, self.store, self.q_id = db, table, store, q_id
+        self.q_result, self.q_claim, self.owner = q_result, q_claim, owner
+        self.retries, self.backoff = retries, backoff
+        self.on_written = on_written
+        #: Outcomes that could not be stored at all (logged); the summary reports them.
+        self.unsaved: list[Any] = []
+
+    def _sql(self, fields: Sequence[str]) -> tuple[str, int]:
+        """UPDATE setting ``fields`` (then releasing our claim); returns (sql, owner params)."""
+        params = Params(self.db.dialect, None)
+        sets = [f"{self.q_result[f]} = {params.add(None)}" for f in fields]
+        owners = 0
+        if self.q_claim is not None:
+            by, until = self.q_claim
+            # MySQL evaluates SET left to right: release the lease before the owner it tests.
+            sets.append(f"{until} = CASE WHEN {by} = {params.add(None)} THEN NULL ELSE {until} END")
+            sets.append(f"{by} = CASE WHEN {by} = {params.add(None)} THEN NULL ELSE {by} END")
+            owners = 2
+        sql = f"UPDATE {self.store} SET {', '.join(sets)} WHERE {self.q_id} = {params.add(None)}"
+        return sql, owners
+
+    def _row(self, fields: Sequence[str], owners: int, outcome: RowOutcome) -> list[Any]:
+        dialect = self.db.dialect
+        values = [dialect.adapt(f, getattr(outcome, f)) for f in fields]
+        return values + [self.owner] * owners + [outcome.row_id]
+
+    def _plan(self, outcomes: Sequence[RowOutcome]) -> list[tuple[str, list[list[Any]]]]:
+        """Statements for one group: full results, and attempts on rows that keep their answer."""
+        full = [o for o in outcomes if not _keeps_answer(o)]
+        attempts = [o for o in outcomes if _keeps_answer(o)]
+        plan = []
+        for fields, group in ((COLUMN_FIELDS, full), (_ATTEMPT_FIELDS, attempts)):
+            if group:
+                sql, owners = self._sql(fields)
+                plan.append((sql, [self._row(fields, owners, o) for o in group]))
+        return plan
+
+    def _execute(self, plan: list[tuple[str, list[list[Any]]]]) -> int:
+        updated = 0
+        with self.db.transaction() as cur:
+            for sql, rows in plan:
+                cur.executemany(sql, rows)
+                count = cur.rowcount
+                updated = -1 if updated < 0 or not isinstance(count, int) or count < 0 else updated + count
+        return updated
+
+    def write(self, outcomes: Sequence[RowOutcome]) -> None:
+        """Write one group; falls back to row by row so one bad row never costs the others."""
+        if not outcomes:
+            return
+        first_id = outcomes[0].row_id
+        for attempt in range(1, self.retries + 2):
+            try:
+                updated = self._execute(self._plan(outcomes))
+            except Exception as exc:
+                if _transient(exc) and attempt <= self.retries:
+                    delay = self.backoff * 2 ** (attempt - 1)
+                    log.warning(
+                        "table %s: write attempt %d/%d (chunk starting at id %r) failed: %s; retry in %.2fs",
+                        self.table,
+                        attempt,
+                        self.retries + 1,
+                        first_id,
+                        error_brief(exc),
+                        delay,
+                    )
+                    time.sleep(delay)
+                    continue
+                log.warning(
+                    "table %s: writing %d result(s) together failed (%s); writing them one by one",
+                    self.table,
+                    len(outcomes),
+                    error_brief(exc),
+                )
+                self._one_by_one(outcomes, exc)
+                return
+            if 0 <= updated < len(outcomes):
+                log.warning(
+                    "table %s: %d of %d result rows matched no id (chunk starting at id %r)",
+                    self.table,
+                    len(outcomes) - updated,
+                    len(outcomes),
+                    first_id,
+                )
+            self._written(outcomes)
+            return
+
+    def _written(self, outcomes: Sequence[RowOutcome]) -> None:
+        if self.on_written is not None:
+            self.on_written([o.row_id for o in outcomes])
+
+    def _one_by_one(self, outcomes: Sequence[RowOutcome], group_error: BaseException) -> None:
+        stored = 0
+        last_error: BaseException = group_error
+        for outcome in outcomes:
+            error = self._store_one(outcome)
+            if error is None:
+                stored += 1
+            else:
+                last_error = error
+        if stored == 0:
+            raise SqlWriteError(
+                f"writing {len(outcomes)} result row(s) to table {self.table!r} failed, one by one too "
+                f"(chunk starting at id {outcomes[0].row_id!r}): {error_brief(last_error)}"
+            ) from last_error
+
+    def _store_one(self, outcome: RowOutcome) -> BaseException | None:
+        """Try the row as is, then sanitised, then as a failure keeping its money; None when stored."""
+        clean, _note = sanitised(outcome)
+        try:
+            self._execute(self._plan([outcome]))
+            self._written([outcome])
+            return None
+        except Exception as exc:  # noqa: BLE001 - the next, safer form is tried
+            first = exc
+        try:
+            self._execute(self._plan([clean]))
+            self._written([outcome])
+            log.warning(
+                "table %s: row %r stored sanitised (%s)", self.table, outcome.row_id, error_brief(first)
+            )
+            return None
+        except Exception:  # noqa: BLE001
+            pass
+        reason = f"the result could not be stored ({_reason(first)})"
+        for fields in (_MONEY_FIELDS, ("status", "error", "attempts", "answered_at")):
+            failure = dataclasses.replace(clean, status=FAILED, error=reason[:1000], answer=None)
+            sql, owners = self._sql(fields)
+            try:
+                with self.db.transaction() as cur:
+                    cur.execute(sql, self._row(fields, owners, failure))
+                self._written([outcome])
+                log.warning(
+                    "table %s: row %r stored as failed: %s", self.table, outcome.row_id, error_brief(first)
+                )
+                return None
+            except Exception as exc:  # noqa: BLE001
+                last = exc
+        log.error(
+            "table %s: the result of row %r could not be stored at all (%s); it stays claimed until "
+            "its lease ends, then pending",
+            self.table,
+            outcome.row_id,
+            error_brief(last),
+        )
+        self.unsaved.append(outcome.row_id)
+        return last
+
+
+def _keeps_answer(outcome: RowOutcome) -> bool:
+    """A failed call on a row that already has an answer: record the attempt, keep the answer."""
+    return outcome.status == FAILED and outcome.prior_status == SUCCEEDED
+
+
+def result_columns_sql(columns: ResultColumns, quote: Callable[[str, str], str]) -> dict[str, str]:
+    return {f: quote(c, f"result_columns.{f}") for f, c in columns.items()}
+
+
+__all__ = ["ResultWriter", "result_columns_sql", "sanitised"]
