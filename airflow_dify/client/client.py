@@ -8,45 +8,40 @@ budget. Workflow runs that Dify reports as failed, and broken streams, never sil
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import logging
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
-import requests
-import urllib3.exceptions
-
-from airflow_dify import __version__
 from airflow_dify.client.auth import ApiKeyAuth, DifyAuth
 from airflow_dify.client.errors import (
     DifyConfigError,
     DifyError,
     DifyRateLimitError,
+    DifyResponseError,
     DifyRunFailedError,
     DifyStreamError,
+    DifyTransportError,
 )
+from airflow_dify.client.exchange import Exchange, read_all
 from airflow_dify.client.models import MODE_FAMILY, STREAMING_ONLY_MODES, AppInfo, DifyResult
 from airflow_dify.client.responses import CallContext, json_body
 from airflow_dify.client.retry import RetryPolicy, call_with_retries
 from airflow_dify.client.streaming import MessageAggregator, WorkflowAggregator, iter_events
-from airflow_dify.client.transport import Transport
+from airflow_dify.client.transport import USER_AGENT, Transport
+from airflow_dify.client.urllib3_transport import Urllib3Transport
+from airflow_dify.client.urls import normalize_base_url
 from airflow_dify.limits.base import RateLimitPool, UnlimitedPool
 
 log = logging.getLogger("airflow_dify.client")
 
 _TRACE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _RESPONSE_MODES = ("blocking", "streaming")
-_STREAM_FAILURES = (
-    requests.RequestException,
-    urllib3.exceptions.HTTPError,
-    http.client.HTTPException,
-    OSError,
-)
+#: What reading a stream's body can raise from the transport: the stream broke.
+_READ_FAILURES = (DifyTransportError, DifyResponseError)
 
 
 class DifyClient:
@@ -62,6 +57,8 @@ class DifyClient:
     :param completion_token_estimate: tokens reserved per call before the real usage is known.
     :param stream_recovery_polls: after a workflow stream breaks, how many times to look the run up
         while it is still ``running`` (bounded; never re-runs it).
+    :param transport: sends the HTTP requests (default: a :class:`Urllib3Transport` built from
+        ``verify_ssl`` and ``pool_size``); closed with the client.
     """
 
     def __init__(
@@ -78,17 +75,14 @@ class DifyClient:
         user_agent: str | None = None,
         stream_recovery_polls: int = 5,
         stream_recovery_interval: float = 2.0,
+        transport: Transport | None = None,
     ) -> None:
         self.auth: DifyAuth = ApiKeyAuth(auth) if isinstance(auth, str) or auth is None else auth
-        self._transport = Transport(
-            base_url,
-            self.auth,
-            timeout=timeout,
-            verify_ssl=verify_ssl,
-            pool_size=pool_size,
-            user_agent=user_agent or f"airflow-provider-dify/{__version__}",
+        self.base_url = normalize_base_url(base_url)
+        self._transport = transport or Urllib3Transport(pool_size=pool_size, verify_ssl=verify_ssl)
+        self._exchange = Exchange(
+            self._transport, self.base_url, self.auth, timeout=timeout, user_agent=user_agent or USER_AGENT
         )
-        self.base_url = self._transport.base_url
         self.retry = retry or RetryPolicy()
         self.pool: RateLimitPool = pool or UnlimitedPool()
         self.completion_token_estimate = int(completion_token_estimate)
@@ -103,22 +97,12 @@ class DifyClient:
         inputs: dict[str, Any] | None = None,
         *,
         user: str,
-        conversation_id: str | None = None,
+        conversation_id: str | None = None,  # None: every call starts a new conversation
         response_mode: str = "blocking",
         trace_id: str | None = None,
     ) -> DifyResult:
         """POST /chat-messages (chat, advanced-chat; agent apps need ``response_mode="streaming"``)."""
-        body: dict[str, Any] = {
-            "query": query,
-            "inputs": inputs or {},
-            "user": _user(user),
-            "response_mode": _mode(response_mode),
-            # Naming each new conversation can cost an extra LLM call: useless for bulk runs.
-            "auto_generate_name": False,
-        }
-        if conversation_id:
-            body["conversation_id"] = conversation_id
-        return self._generate("chat", "/chat-messages", body, trace_id)
+        return self._chat(query, inputs, user, conversation_id, response_mode, trace_id)
 
     def complete(
         self,
@@ -130,11 +114,7 @@ class DifyClient:
         trace_id: str | None = None,
     ) -> DifyResult:
         """POST /completion-messages (text generator apps)."""
-        body: dict[str, Any] = {
-            "inputs": inputs or {},
-            "user": _user(user),
-            "response_mode": _mode(response_mode),
-        }
+        body = _body(inputs, user, response_mode)
         if query is not None:
             body["query"] = query
         return self._generate("completion", "/completion-messages", body, trace_id)
@@ -144,14 +124,13 @@ class DifyClient:
         inputs: dict[str, Any] | None = None,
         *,
         user: str,
-        workflow_id: str | None = None,
+        workflow_id: str | None = None,  # runs that published version: POST /workflows/{id}/run
         response_mode: str = "blocking",
         trace_id: str | None = None,
     ) -> DifyResult:
         """POST /workflows/run (or /workflows/{id}/run); a status other than succeeded raises."""
-        body = {"inputs": inputs or {}, "user": _user(user), "response_mode": _mode(response_mode)}
         path = f"/workflows/{quote(workflow_id, safe='')}/run" if workflow_id else "/workflows/run"
-        return self._generate("workflow", path, body, trace_id)
+        return self._generate("workflow", path, _body(inputs, user, response_mode), trace_id)
 
     def call(
         self,
@@ -174,16 +153,8 @@ class DifyClient:
             raise DifyConfigError(f"unknown app mode {family!r}; expected one of {sorted(MODE_FAMILY)}")
         mode = response_mode or ("streaming" if family in STREAMING_ONLY_MODES else "blocking")
         if fam == "chat":
-            body: dict[str, Any] = {
-                "query": query if query is not None else "",
-                "inputs": inputs or {},
-                "user": _user(user),
-                "response_mode": _mode(mode),
-                "auto_generate_name": False,
-            }
-            if conversation_id:
-                body["conversation_id"] = conversation_id
-            return self._generate("chat", "/chat-messages", body, trace_id, agent=family == "agent")
+            text = query if query is not None else ""
+            return self._chat(text, inputs, user, conversation_id, mode, trace_id, agent=family == "agent")
         if fam == "completion":
             return self.complete(inputs, user=user, query=query, response_mode=mode, trace_id=trace_id)
         return self.run_workflow(
@@ -224,6 +195,25 @@ class DifyClient:
         return {"workflow_run_id": data.get("id") or run_id, "data": data}
 
     # -- internals ---------------------------------------------------------------------------------
+    def _chat(
+        self,
+        query: str,
+        inputs: dict[str, Any] | None,
+        user: str,
+        conversation_id: str | None,
+        response_mode: str,
+        trace_id: str | None,
+        *,
+        agent: bool = False,
+    ) -> DifyResult:
+        body = _body(inputs, user, response_mode)
+        body["query"] = query
+        # Naming each new conversation can cost an extra LLM call: useless for bulk runs.
+        body["auto_generate_name"] = False
+        if conversation_id:
+            body["conversation_id"] = conversation_id
+        return self._generate("chat", "/chat-messages", body, trace_id, agent=agent)
+
     def _ctx(self, endpoint: str, *, hint_base_url_on_404: bool = True) -> CallContext:
         ctx = self._contexts.get(endpoint)
         if ctx is None:
@@ -234,7 +224,7 @@ class DifyClient:
     def _get(self, path: str, ctx: CallContext | None = None) -> dict[str, Any]:
         ctx = ctx or self._ctx(path.lstrip("/"))
         return call_with_retries(
-            self.retry, ctx.endpoint, lambda: json_body(self._transport.send("GET", path, ctx), ctx)
+            self.retry, ctx.endpoint, lambda: json_body(self._exchange.send("GET", path, ctx), ctx)
         )
 
     def _generate(
@@ -258,9 +248,8 @@ class DifyClient:
                 if streaming:
                     result = self._stream_attempt(family, path, body, headers, ctx, started, agent)
                 else:
-                    resp = self._transport.send("POST", path, ctx, body=body, headers=headers)
-                    data = json_body(resp, ctx)
-                    result = _parse(family, data, _ms(started))
+                    resp = self._exchange.send("POST", path, ctx, body=body, headers=headers)
+                    result = _parse(family, json_body(resp, ctx), _ms(started))
                 total = result.usage.total_tokens
                 used = total if total is not None else estimate
                 return replace(result, attempts=attempts) if attempts > 1 else result
@@ -293,18 +282,19 @@ class DifyClient:
         started: float,
         agent: bool,
     ) -> DifyResult:
-        resp = self._transport.send("POST", path, ctx, body=body, headers=headers, stream=True)
+        resp = self._exchange.stream("POST", path, ctx, body=body, headers=headers)
         agg: MessageAggregator | WorkflowAggregator
         agg = WorkflowAggregator(ctx) if family == "workflow" else MessageAggregator(family, ctx, agent=agent)
         try:
             if "text/event-stream" not in resp.headers.get("Content-Type", ""):
-                return _parse(family, json_body(resp, ctx), _ms(started))  # a gateway answered blocking
+                # A gateway answered blocking.
+                return _parse(family, json_body(read_all(resp), ctx), _ms(started))
             try:
-                for event in iter_events(_chunks(resp)):
+                for event in iter_events(resp.iter_bytes()):
                     if agg.feed(event):
                         break
-            except _STREAM_FAILURES as exc:
-                raise agg.broken(type(exc).__name__) from None
+            except _READ_FAILURES as exc:
+                raise agg.broken(exc.code) from None
             if isinstance(agg, MessageAggregator):
                 return agg.result(_ms(started))
             return _parse("workflow", agg.body(), _ms(started))
@@ -358,40 +348,30 @@ def _parse(family: str, data: dict[str, Any], latency_ms: int) -> DifyResult:
     result = DifyResult.from_workflow(data, latency_ms=latency_ms)
     if result.status != "succeeded":
         error = (data.get("data") or {}).get("error")
-        err = DifyRunFailedError(
+        raise DifyRunFailedError(
             str(error) if error else f"workflow run ended with status '{result.status}'",
             code=f"workflow_{result.status}",
+            result=result,
+            workflow_run_id=result.workflow_run_id,
         )
-        err.result = result
-        err.workflow_run_id = result.workflow_run_id
-        raise err
     return result
 
 
 def _unrecoverable(cause: DifyStreamError, run_id: str, why: str) -> DifyStreamError:
-    err = DifyStreamError(
-        f"{cause.message}; run {run_id} {why}; not re-sent to avoid paying twice", retryable=False
+    return DifyStreamError(
+        f"{cause.message}; run {run_id} {why}; not re-sent to avoid paying twice",
+        retryable=False,
+        workflow_run_id=run_id,
     )
-    err.workflow_run_id = run_id
-    return err
-
-
-def _chunks(resp: requests.Response) -> Iterator[bytes]:
-    """Bytes as they arrive (read1), so events are handled live, not after 8 KiB accumulate."""
-    raw = resp.raw
-    read1 = getattr(raw, "read1", None)
-    if read1 is None:  # pragma: no cover - urllib3 < 2
-        yield from resp.iter_content(8192)
-        return
-    while True:
-        chunk = read1(65536, decode_content=True)
-        if not chunk:
-            return
-        yield chunk
 
 
 def _ms(started: float) -> int:
     return int((time.perf_counter() - started) * 1000)
+
+
+def _body(inputs: dict[str, Any] | None, user: str, response_mode: str) -> dict[str, Any]:
+    """What every generation request carries (validated before anything is sent)."""
+    return {"inputs": inputs or {}, "user": _user(user), "response_mode": _mode(response_mode)}
 
 
 def _user(user: str) -> str:

@@ -10,12 +10,14 @@ error was raised (the attempt count, a refreshed message) makes a new one with :
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow_dify.errors import AirflowDifyError
 
 if TYPE_CHECKING:
     from airflow_dify.client.models import DifyResult
+
+E = TypeVar("E", bound="DifyError")
 
 
 class DifyError(AirflowDifyError):
@@ -24,7 +26,7 @@ class DifyError(AirflowDifyError):
     :param retryable: a retry can help (class default when None).
     :param maybe_billed: the request may have reached Dify and run (timeouts, 504 after send):
         re-sending it could pay twice (class default when None).
-    :param attempts: attempts made before this error (the client's retry loop sets it).
+    :param attempts: attempts made, the failed one included (the retry loop evolves it).
     :param result: the partial result when Dify answered but the run did not succeed.
     :param workflow_run_id: a known run id (a broken stream after ``workflow_started``): look the
         run up instead of running it again.
@@ -33,6 +35,23 @@ class DifyError(AirflowDifyError):
     retryable: bool = False
     maybe_billed: bool = False
     default_code = "error"
+
+    def __init_subclass__(
+        cls,
+        *,
+        code: str | None = None,
+        retryable: bool | None = None,
+        maybe_billed: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Subclasses declare their code and defaults in the class line: one place to read them."""
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.default_code = code
+        if retryable is not None:
+            cls.retryable = retryable
+        if maybe_billed is not None:
+            cls.maybe_billed = maybe_billed
 
     def __init__(
         self,
@@ -78,101 +97,78 @@ class DifyError(AirflowDifyError):
             "workflow_run_id": self.workflow_run_id,
         }
 
-    def evolve(self, **changes: Any) -> DifyError:
-        """A new error of the same class with ``changes`` applied; the original is its cause."""
+    def evolve(self: E, **changes: Any) -> E:
+        """A new error of the same class with ``changes`` applied; ``self`` is left as it was.
+
+        The new error keeps the original's ``__cause__`` rather than chaining to the original, so
+        a masked message never drags the unmasked one along in a traceback.
+        """
         fresh = type(self)(**{**self.context(), **changes})
         fresh.__cause__ = self.__cause__
         fresh.__suppress_context__ = True
         return fresh
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from the constructor's arguments: the default (class, args) would re-summarise
+        # the summary, e.g. when an executor ships the error to another process.
+        return (_rebuild, (type(self), self.context()))
 
-class DifyConfigError(DifyError, ValueError):
+
+def _rebuild(cls: type[DifyError], context: dict[str, Any]) -> DifyError:
+    return cls(**context)
+
+
+class DifyConfigError(DifyError, ValueError, code="config_error"):
     """Bad settings detected before any call (connection extras, key format, base URL)."""
 
-    default_code = "config_error"
 
-
-class DifyAPIError(DifyError):
+class DifyAPIError(DifyError, code="api_error"):
     """Dify answered with an error status."""
 
-    default_code = "api_error"
 
-
-class DifyBadRequestError(DifyAPIError):
+class DifyBadRequestError(DifyAPIError, code="bad_request"):
     """400: invalid_param, provider_*, app_unavailable, not_*_app, ... Terminal."""
 
-    default_code = "bad_request"
 
-
-class DifyAuthError(DifyAPIError):
+class DifyAuthError(DifyAPIError, code="unauthorized"):
     """401: the key or token was refused. Terminal (after one OAuth2 refresh)."""
 
-    default_code = "unauthorized"
 
-
-class DifyForbiddenError(DifyAPIError):
+class DifyForbiddenError(DifyAPIError, code="forbidden"):
     """403: app deleted/abnormal, API service disabled, workspace archived. Terminal."""
 
-    default_code = "forbidden"
 
-
-class DifyNotFoundError(DifyAPIError):
+class DifyNotFoundError(DifyAPIError, code="not_found"):
     """404: usually a base URL without ``/v1``. Terminal."""
 
-    default_code = "not_found"
 
-
-class DifyRateLimitError(DifyAPIError):
+class DifyRateLimitError(DifyAPIError, code="too_many_requests", retryable=True):
     """429 too_many_requests (per-app concurrency cap, or a gateway's rate limit). Retryable."""
 
-    default_code = "too_many_requests"
-    retryable = True
 
-
-class DifyQuotaError(DifyAPIError):
+class DifyQuotaError(DifyAPIError, code="rate_limit_error"):
     """429 rate_limit_error: a plan quota on Dify Cloud. Retrying does not clear it. Terminal."""
 
-    default_code = "rate_limit_error"
 
-
-class DifyServerError(DifyAPIError):
+class DifyServerError(DifyAPIError, code="internal_server_error", retryable=True):
     """500/502/503/504/524 (JSON or an HTML proxy page). Retryable; the run may have happened."""
 
-    default_code = "internal_server_error"
-    retryable = True
 
-
-class DifyTransportError(DifyError):
+class DifyTransportError(DifyError, code="connection_error", retryable=True):
     """Connection refused/reset, DNS, TLS: the request never got an HTTP answer. Retryable."""
 
-    default_code = "connection_error"
-    retryable = True
 
-
-class DifyTimeoutError(DifyTransportError):
+class DifyTimeoutError(DifyTransportError, code="timeout", maybe_billed=True):
     """Read timeout: the request was sent, Dify may still be running and billing it."""
 
-    default_code = "timeout"
-    maybe_billed = True
 
-
-class DifyResponseError(DifyError):
+class DifyResponseError(DifyError, code="malformed_response", retryable=True, maybe_billed=True):
     """A 2xx whose body is not the JSON we expect (truncated, malformed). Retryable, may be billed."""
 
-    default_code = "malformed_response"
-    retryable = True
-    maybe_billed = True
 
-
-class DifyRunFailedError(DifyError):
+class DifyRunFailedError(DifyError, code="workflow_failed"):
     """A workflow answered 200 with ``data.status`` other than ``succeeded``, or a stream ``error`` event."""
 
-    default_code = "workflow_failed"
 
-
-class DifyStreamError(DifyError):
+class DifyStreamError(DifyError, code="stream_broken", retryable=True, maybe_billed=True):
     """A stream that broke before its terminal event. Retryable; may be billed."""
-
-    default_code = "stream_broken"
-    retryable = True
-    maybe_billed = True

@@ -9,18 +9,27 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode
 
-import requests
-
-from airflow_dify.client.errors import DifyAuthError, DifyConfigError, DifyError, DifyTransportError
+from airflow_dify.client.errors import (
+    DifyAuthError,
+    DifyConfigError,
+    DifyError,
+    DifyResponseError,
+    DifyTimeoutError,
+    DifyTransportError,
+)
 from airflow_dify.client.responses import describe_body, parse_retry_after
+from airflow_dify.client.transport import USER_AGENT, Request, Response, Transport, as_timeout
+from airflow_dify.client.urllib3_transport import Urllib3Transport
+from airflow_dify.client.urls import TOKEN_URL_EXAMPLE, normalize_url
 
 log = logging.getLogger("airflow_dify.client")
 
@@ -60,11 +69,13 @@ class OAuth2ClientCredentials:
     :param audience: optional ``audience`` form field (Auth0, Okta and similar gateways).
     :param client_auth: "basic" (HTTP Basic, RFC 6749 s2.3.1) or "body" (form fields).
     :param timeout: token request timeout, seconds or (connect, read).
-    :param verify_ssl: verify the token endpoint's TLS certificate.
+    :param verify_ssl: verify the token endpoint's TLS certificate (for the transport it builds).
     :param default_expires_in: lifetime assumed when the server omits ``expires_in``.
     :param refresh_margin: refresh this many seconds before expiry; default max(30 s, 10% of the
         lifetime), never more than half of it.
     :param on_token: called with every newly seen token (the Airflow hook masks it in task logs).
+    :param transport: sends the token requests; default a small :class:`Urllib3Transport` of its
+        own, built on first use and closed by :meth:`close` (a given one is not closed).
     """
 
     kind = "oauth2"
@@ -83,16 +94,9 @@ class OAuth2ClientCredentials:
         default_expires_in: float = 300.0,
         refresh_margin: float | None = None,
         on_token: Callable[[str], None] | None = None,
-        session: requests.Session | None = None,
+        transport: Transport | None = None,
     ) -> None:
-        token_url = (token_url or "").strip()
-        parts = urlsplit(token_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise DifyConfigError(f"OAuth2 token_url must be an http(s) URL with a host (got {token_url!r})")
-        if parts.username or parts.password:
-            raise DifyConfigError(
-                "OAuth2 token_url must not contain credentials; use client_id/client_secret"
-            )
+        token_url = normalize_url(token_url, "token_url", TOKEN_URL_EXAMPLE)
         client_id = (client_id or "").strip()
         client_secret = (client_secret or "").strip()
         if not client_id or not client_secret:
@@ -115,7 +119,8 @@ class OAuth2ClientCredentials:
         digest = hashlib.sha256(client_secret.encode()).hexdigest()[:16]
         self._key: _CacheKey = (token_url, client_id, self.scope or "", self.audience or "", digest)
         self._lock = _lock_for(self._key)
-        self._session = session or requests.Session()
+        self._transport = transport
+        self._owns_transport = transport is None
         self._announced: str | None = None
 
     # -- DifyAuth protocol -------------------------------------------------------------------
@@ -190,31 +195,36 @@ class OAuth2ClientCredentials:
         else:
             form["client_id"] = self.client_id
             form["client_secret"] = self._secret
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+        headers["User-Agent"] = USER_AGENT
         where = f"OAuth2 token endpoint {self.token_url} (client '{self.client_id}')"
+        request = Request(
+            "POST", self.token_url, headers, urlencode(form).encode(), as_timeout(self.timeout), where
+        )
         try:
-            # Never follow redirects: that would re-send the client credentials to another URL.
-            resp = self._session.post(
-                self.token_url,
-                data=form,
-                headers=headers,
-                timeout=self.timeout,
-                verify=self.verify_ssl,
-                allow_redirects=False,
-            )
-        except requests.Timeout:
-            raise DifyTransportError(f"{where} did not answer in time", code="token_timeout") from None
-        except requests.RequestException as exc:
+            # The transport never follows redirects: that would re-send the credentials elsewhere.
+            resp = self._get_transport().send(request)
+        except (DifyTransportError, DifyResponseError) as exc:
+            if isinstance(exc, DifyTimeoutError) or exc.code == "connect_timeout":
+                raise DifyTransportError(f"{where} did not answer in time", code="token_timeout") from None
             raise DifyTransportError(
-                f"cannot reach {where}: {type(exc).__name__}", code="token_endpoint_unreachable"
+                f"cannot reach {where}: {exc.code}",
+                code="token_endpoint_unreachable",
+                retryable=exc.retryable,
             ) from None
-        with resp:
-            return self._parse(resp, where)
+        return self._parse(resp, where)
 
-    def _parse(self, resp: requests.Response, where: str) -> _Token:
-        status = resp.status_code
+    def _get_transport(self) -> Transport:
+        if self._transport is None:
+            # One token request at a time per cache key: two connections are plenty.
+            self._transport = Urllib3Transport(pool_size=2, verify_ssl=self.verify_ssl)
+        return self._transport
+
+    def _parse(self, resp: Response, where: str) -> _Token:
+        status = resp.status
         body: Any
         try:
-            body = resp.json()
+            body = json.loads(resp.body)
         except ValueError:
             body = None
         if status == 200 and isinstance(body, dict):
@@ -230,7 +240,8 @@ class OAuth2ClientCredentials:
         if isinstance(body, dict):
             said = f"{code or 'error'}" + (f": {detail}" if detail else "")
         else:
-            said = describe_body(status, self._mask(resp.text), resp.headers.get("Content-Type", ""))
+            text = resp.body.decode("utf-8", errors="replace")
+            said = describe_body(status, self._mask(text), resp.headers.get("Content-Type", ""))
         if status == 429 or status >= 500 or status in (301, 302, 303, 307, 308):
             raise DifyTransportError(
                 f"{where} failed with HTTP {status} ({said})",
@@ -263,7 +274,8 @@ class OAuth2ClientCredentials:
         return text.replace(self._secret, "***") if self._secret else text
 
     def close(self) -> None:
-        self._session.close()
+        if self._owns_transport and self._transport is not None:
+            self._transport.close()
 
     def __repr__(self) -> str:
         return (

@@ -7,6 +7,7 @@ are honoured. A request that may already have run is only re-sent when the polic
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Callable
@@ -51,15 +52,25 @@ class RetryPolicy:
             raise ValueError("max_elapsed must be > 0; initial_wait and max_wait >= 0")
 
     def retrying(self, label: str) -> tenacity.Retrying:
-        """A fresh tenacity controller for one logical call (the label names it in logs)."""
-        return tenacity.Retrying(
-            retry=retry_if_retryable(self.resend_maybe_billed),
-            wait=wait_retry_after_or_backoff(self.initial_wait, self.max_wait),
-            stop=tenacity.stop_after_attempt(self.max_attempts)
-            | tenacity.stop_before_delay(self.max_elapsed),
-            before_sleep=log_retry(label, self.max_attempts),
-            reraise=True,
-        )
+        """The tenacity controller for calls named ``label`` in logs, built once and shared.
+
+        Sharing is safe: tenacity keeps each run's state in its ``RetryCallState`` and per-thread
+        storage, and a run nested in another on one thread (a workflow look-up inside a streamed
+        attempt) only resets the informational ``statistics``.
+        """
+        return _controller(self, label)
+
+
+@functools.lru_cache(maxsize=256)
+def _controller(policy: RetryPolicy, label: str) -> tenacity.Retrying:
+    return tenacity.Retrying(
+        retry=retry_if_retryable(policy.resend_maybe_billed),
+        wait=wait_retry_after_or_backoff(policy.initial_wait, policy.max_wait),
+        stop=tenacity.stop_after_attempt(policy.max_attempts)
+        | tenacity.stop_before_delay(policy.max_elapsed),
+        before_sleep=log_retry(label, policy.max_attempts),
+        reraise=True,
+    )
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)
@@ -118,12 +129,15 @@ def log_retry(label: str, max_attempts: int) -> Callable[[RetryCallState], None]
 
 
 def call_with_retries(policy: RetryPolicy, label: str, fn: Callable[[], T]) -> T:
-    """Run ``fn`` under ``policy``; the final failure is the last DifyError with ``attempts`` set."""
+    """Run ``fn`` under ``policy``; the final failure is the last DifyError, counting the attempts."""
     for attempt in policy.retrying(label):
         with attempt:
             try:
                 return fn()
             except DifyError as err:
-                err.attempts = attempt.retry_state.attempt_number
-                raise
+                number = attempt.retry_state.attempt_number
+                if err.attempts == number:
+                    raise
+                # A new error per counted attempt; its cause is the original cause, not a chain of copies.
+                raise err.evolve(attempts=number) from err.__cause__
     raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover

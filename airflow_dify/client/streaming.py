@@ -76,14 +76,17 @@ def _decode(data: list[str], name: str) -> dict[str, Any]:
     return event
 
 
-def stream_error(event: dict[str, Any], ctx: CallContext) -> DifyError:
-    """An ``error`` event as the same exception class an HTTP error with that status would give."""
+def stream_error(event: dict[str, Any], ctx: CallContext, workflow_run_id: str | None = None) -> DifyError:
+    """An ``error`` event as the same exception class an HTTP error with that status would give.
+
+    It is ``maybe_billed`` whatever the status: the run had started when the stream reported it.
+    """
     status = event.get("status")
     status = status if isinstance(status, int) and 400 <= status <= 599 else 500
     message = str(event.get("message") or "error event in the stream")
-    err = error_for_status(status, event.get("code"), message, ctx)
-    err.maybe_billed = True  # the run had started when the stream reported it
-    return err
+    return error_for_status(
+        status, event.get("code"), message, ctx, maybe_billed=True, workflow_run_id=workflow_run_id
+    )
 
 
 class MessageAggregator:
@@ -180,9 +183,7 @@ class WorkflowAggregator:
             self._finished = event
             return True
         if kind == "error":
-            err = stream_error(event, self.ctx)
-            err.workflow_run_id = self.workflow_run_id
-            raise err
+            raise stream_error(event, self.ctx, self.workflow_run_id)
         return False
 
     def body(self) -> dict[str, Any]:
@@ -200,6 +201,7 @@ class WorkflowAggregator:
 
     def broken(self, reason: str) -> DifyStreamError:
         run = f"; workflow run {self.workflow_run_id} was started" if self.workflow_run_id else ""
-        err = DifyStreamError(f"{self.ctx.endpoint}: stream broke before workflow_finished ({reason}){run}")
-        err.workflow_run_id = self.workflow_run_id
-        return err
+        return DifyStreamError(
+            f"{self.ctx.endpoint}: stream broke before workflow_finished ({reason}){run}",
+            workflow_run_id=self.workflow_run_id,
+        )

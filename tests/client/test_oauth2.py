@@ -17,6 +17,8 @@ from airflow_dify.client import (
     OAuth2ClientCredentials,
     clear_token_cache,
 )
+from airflow_dify.client.transport import Request, Response, StreamedResponse
+from airflow_dify.client.urllib3_transport import Urllib3Transport
 from airflow_dify.testing import FakeDify, Fault
 from tests.client.client_helpers import FAST
 
@@ -174,3 +176,37 @@ def test_config_validation_and_repr(fake_dify: FakeDify) -> None:
         OAuth2ClientCredentials(fake_dify.token_url, "id", SECRET, client_auth="jwt")
     auth = _auth(fake_dify)
     assert SECRET not in repr(auth) and "s3cr" not in repr(auth)
+
+
+class RecordingTransport:
+    """Delegates to a real transport and keeps the requests it was given."""
+
+    def __init__(self) -> None:
+        self.inner = Urllib3Transport(pool_size=1)
+        self.requests: list[Request] = []
+        self.closed = False
+
+    def send(self, request: Request) -> Response:
+        self.requests.append(request)
+        return self.inner.send(request)
+
+    def stream(self, request: Request) -> StreamedResponse:
+        return self.inner.stream(request)
+
+    def close(self) -> None:
+        self.closed = True
+        self.inner.close()
+
+
+def test_token_requests_go_through_the_given_transport(oauth_fake: FakeDify) -> None:
+    transport = RecordingTransport()
+    auth = _auth(oauth_fake, transport=transport, timeout=(3, 7))
+    with DifyClient(oauth_fake.url, auth, retry=FAST) as client:
+        client.info()
+    (request,) = transport.requests
+    assert (request.method, request.url, request.timeout) == ("POST", oauth_fake.token_url, (3.0, 7.0))
+    assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert request.headers["Authorization"].startswith("Basic ")
+    assert request.body == b"grant_type=client_credentials" and SECRET not in request.label
+    assert not transport.closed  # a transport handed in belongs to the caller
+    transport.close()
