@@ -20,27 +20,16 @@ from typing import Any
 
 GROUPS = (  # first match wins: (label, substrings of "file:line(function)")
     ("sockets (send/recv syscalls)", ("_socket.socket", "select.poll", "socket.py")),
-    (
-        "requests: env proxies/.netrc per call",
-        (
-            "getproxies",
-            "proxy_bypass",
-            "get_environ_proxies",
-            "should_bypass",
-            "netrc",
-            "<frozen os>",
-            "_collections_abc",
-        ),
-    ),
-    ("requests: typing.Protocol isinstance", ("typing.py",)),
-    ("requests (prepare/merge/adapters)", ("requests/",)),
     ("urllib3 (pool, connection)", ("urllib3/",)),
     ("http.client + email header parsing", ("http/client.py", "email/", "urllib/parse.py")),
     ("json encode/decode", ("json/",)),
-    ("tenacity + retry policy (new Random per call)", ("tenacity/", "retry.py", "random.py", "Random.seed")),
+    ("tenacity + retry policy", ("tenacity/", "retry.py", "random.py")),
     ("airflow_dify.client (parse, usage, Decimal)", ("airflow_dify/client/",)),
     ("airflow_dify.limits", ("airflow_dify/limits/",)),
-    ("engine + SQL (airflow_dify.batch, sqlite3)", ("airflow_dify/batch/", "sqlite3")),
+    (
+        "engine + SQL (airflow_dify.batch, airflow_dify.sql, sqlite3)",
+        ("airflow_dify/batch/", "airflow_dify/sql/", "sqlite3"),
+    ),
     ("threads/queues/futures", ("threading.py", "queue.py", "concurrent/", "_queue", "_thread")),
 )
 
@@ -48,23 +37,13 @@ GROUPS = (  # first match wins: (label, substrings of "file:line(function)")
 INCLUSIVE = (  # (label, file suffix, function): CPU per row including everything each one calls
     ("call_row (one row: build + client call + outcome)", "airflow_dify/batch/calls.py", "call_row"),
     ("  DifyClient.call", "airflow_dify/client/client.py", "call"),
-    ("    tenacity Retrying() built per call", "airflow_dify/client/retry.py", "retrying"),
-    ("    requests Session.request", "requests/sessions.py", "request"),
-    (
-        "      merge_environment_settings (env proxies, CA)",
-        "requests/sessions.py",
-        "merge_environment_settings",
-    ),
-    ("      prepare_request (headers, auth, cookies)", "requests/sessions.py", "prepare_request"),
-    ("      HTTPAdapter.send", "requests/adapters.py", "send"),
-    ("        should_bypass_proxies (env no_proxy)", "requests/utils.py", "should_bypass_proxies"),
-    ("        urllib3 urlopen (socket I/O, http.client)", "urllib3/connectionpool.py", "urlopen"),
+    ("    Urllib3Transport.send", "airflow_dify/client/urllib3_transport.py", "send"),
+    ("      urllib3 urlopen (socket I/O, http.client)", "urllib3/connectionpool.py", "urlopen"),
     ("    json_body (decode, status checks)", "airflow_dify/client/responses.py", "json_body"),
-    ("    _parse -> DifyResult (usage, Decimal)", "airflow_dify/client/client.py", "_parse"),
     ("  PromptBuilder.build", "airflow_dify/batch/rows.py", "build"),
     ("  outcome_from_result", "airflow_dify/batch/calls.py", "outcome_from_result"),
-    ("SqlTable.write_results (per chunk)", "airflow_dify/batch/sql_table.py", "write_results"),
-    ("SqlTable._pages (reads)", "airflow_dify/batch/sql_table.py", "_pages"),
+    ("SqlTable.write_results (per group)", "airflow_dify/sql/table.py", "write_results"),
+    ("SqlTable._pages (reads and claims)", "airflow_dify/sql/table.py", "_pages"),
 )
 
 
@@ -78,11 +57,12 @@ def _cpu_per_call(fn: Callable[[], Any], n: int) -> float:
 
 def breakdown(url: str, key: str, n: int) -> dict[str, float]:
     """CPU µs per call for each layer, one thread, keep-alive connection, latency-0 server."""
-    import requests
     import urllib3
 
     from airflow_dify.client import DifyClient
     from airflow_dify.client.retry import RetryPolicy, call_with_retries
+    from airflow_dify.client.transport import Request
+    from airflow_dify.client.urllib3_transport import Urllib3Transport
 
     body = {
         "query": "Question #1: ok?",
@@ -93,15 +73,6 @@ def breakdown(url: str, key: str, n: int) -> dict[str, float]:
     }
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     out: dict[str, float] = {}
-    session = requests.Session()
-    out["requests.Session.post + .json()"] = _cpu_per_call(
-        lambda: session.post(f"{url}/chat-messages", json=body, headers=headers).json(), n
-    )
-    session.trust_env = False
-    out["requests.Session.post + .json(), trust_env=False"] = _cpu_per_call(
-        lambda: session.post(f"{url}/chat-messages", json=body, headers=headers).json(), n
-    )
-    session.close()
     http = urllib3.PoolManager(maxsize=4)
     payload = json.dumps(body).encode()
     out["urllib3.PoolManager.request + json.loads"] = _cpu_per_call(
@@ -109,12 +80,14 @@ def breakdown(url: str, key: str, n: int) -> dict[str, float]:
         n,
     )
     http.clear()
-    client = DifyClient(url, key, pool_size=4)
-    out["DifyClient.call (as shipped)"] = _cpu_per_call(
-        lambda: client.call("chat", query="Question #1: ok?", user="bench"), n
+    transport = Urllib3Transport(pool_size=4)
+    request = Request("POST", f"{url}/chat-messages", headers, payload, (10.0, 300.0), "bench")
+    out["Urllib3Transport.send + json.loads"] = _cpu_per_call(
+        lambda: json.loads(transport.send(request).body), n
     )
-    client._transport.session.trust_env = False  # measurement only: prices the suggested change
-    out["DifyClient.call, session.trust_env=False"] = _cpu_per_call(
+    transport.close()
+    client = DifyClient(url, key, pool_size=4)
+    out["DifyClient.call"] = _cpu_per_call(
         lambda: client.call("chat", query="Question #1: ok?", user="bench"), n
     )
     client.close()

@@ -222,9 +222,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def parse_args(argv: list[str] | None) -> tuple[BenchConfig, Path]:
-    p = argparse.ArgumentParser(
-        prog="python -m bench", description="airflow-provider-dify benchmarks"
-    )
+    p = argparse.ArgumentParser(prog="python -m bench", description="airflow-provider-dify benchmarks")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (seconds): checks the bench runs")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {', '.join(SCENARIOS)}")
     p.add_argument("--memory-rows", type=_ints, help="table sizes for scenario 3, e.g. 100000,1000000")

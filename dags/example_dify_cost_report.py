@@ -53,13 +53,11 @@ with DAG(
         from airflow_dify.report.chart import render_cost_chart
         from airflow_dify.report.cost import CostReport
         from airflow_dify.report.usage import totals
+        from airflow_dify.sql.dialects import dialect_for
 
         assert params is not None
         hook = BaseHook.get_connection(params["sql_conn_id"]).get_hook()
-        conn_type = getattr(hook, "conn_type", "") or ""
-        dialect = {"sqlite": "sqlite", "postgres": "postgres", "postgresql": "postgres"}.get(
-            conn_type, "generic"
-        )
+        dialect = dialect_for(getattr(hook, "conn_type", None))
         since = None
         if params.get("days_back"):
             since = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=int(params["days_back"]) - 1)

@@ -1,9 +1,8 @@
-"""Real SQLite and PostgreSQL tables for operator tests, exposed as Airflow connections."""
+"""Real SQLite, PostgreSQL and MySQL tables for operator tests, exposed as Airflow connections."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import closing
@@ -13,12 +12,12 @@ from typing import Any
 
 import pytest
 
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
+from tests import databases
 
 
 @dataclass
 class SqlDb:
-    kind: str  # "sqlite" | "postgres"
+    kind: str  # "sqlite" | "postgres" | "mysql"
     conn_id: str
     conn_json: str
     sqlite_path: Path | None = None
@@ -28,37 +27,37 @@ class SqlDb:
         return "?" if self.kind == "sqlite" else "%s"
 
     def connect(self) -> Any:
-        if self.kind == "sqlite":
-            return sqlite3.connect(self.sqlite_path)
-        import psycopg
+        return databases.connect(self.kind, self.sqlite_path)
 
-        return psycopg.connect(**PG)
+    def _run(self, sql: str, params: Sequence[Any], fetch: bool) -> tuple[list[tuple], list[str]]:
+        with closing(self.connect()) as db:
+            cur = db.cursor()
+            cur.execute(sql.replace("?", self.ph), tuple(params))
+            rows = list(cur.fetchall()) if fetch else []
+            names = [d[0] for d in cur.description or ()]
+            db.commit()
+            return rows, names
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        with closing(self.connect()) as db:
-            db.execute(sql.replace("?", self.ph), params)
-            db.commit()
+        self._run(sql, params, fetch=False)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        with closing(self.connect()) as db:
-            return list(db.execute(sql.replace("?", self.ph), params).fetchall())
+        return self._run(sql, params, fetch=True)[0]
 
     def records(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Rows as dicts by column name (as the database spells them), so tests never count positions."""
-        with closing(self.connect()) as db:
-            cur = db.execute(sql.replace("?", self.ph), params)
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        rows, names = self._run(sql, params, fetch=True)
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
     def create_prompts(
         self, table: str, rows: Sequence[tuple], columns: str = "id INTEGER PRIMARY KEY, prompt TEXT"
     ) -> None:
         names = [c.split()[0] for c in columns.split(",")]
         with closing(self.connect()) as db:
-            db.execute(f"DROP TABLE IF EXISTS {table}")
-            db.execute(f"CREATE TABLE {table} ({columns})")
-            marks = ", ".join([self.ph] * len(names))
             cur = db.cursor()
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+            cur.execute(f"CREATE TABLE {table} ({columns})")
+            marks = ", ".join([self.ph] * len(names))
             cur.executemany(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks})", list(rows))
             db.commit()
 
@@ -66,37 +65,24 @@ class SqlDb:
         self.execute(f"DROP TABLE IF EXISTS {table}")
 
 
-def _sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SqlDb:
-    path = tmp_path / "data.db"
-    conn = json.dumps({"conn_type": "sqlite", "host": str(path)})
+def _db(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SqlDb:
+    databases.require(kind)
+    path = tmp_path / "data.db" if kind == "sqlite" else None
+    conn = json.dumps(databases.airflow_connection(kind, path))
     monkeypatch.setenv("AIRFLOW_CONN_SQL_TEST", conn)
-    return SqlDb("sqlite", "sql_test", conn, path)
+    return SqlDb(kind, "sql_test", conn, path)
 
 
-def _postgres(monkeypatch: pytest.MonkeyPatch) -> SqlDb:
-    conn = json.dumps(
-        {
-            "conn_type": "postgres",
-            "host": PG["host"],
-            "port": PG["port"],
-            "login": PG["user"],
-            "schema": PG["dbname"],
-        }
-    )
-    monkeypatch.setenv("AIRFLOW_CONN_SQL_TEST", conn)
-    return SqlDb("postgres", "sql_test", conn)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=databases.params())
 def sql_db(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[SqlDb]:
-    yield _sqlite(tmp_path, monkeypatch) if request.param == "sqlite" else _postgres(monkeypatch)
+    yield _db(request.param, tmp_path, monkeypatch)
 
 
 @pytest.fixture
 def sqlite_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SqlDb:
-    return _sqlite(tmp_path, monkeypatch)
+    return _db("sqlite", tmp_path, monkeypatch)
 
 
 def unique_table(prefix: str = "prompts") -> str:

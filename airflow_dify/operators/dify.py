@@ -19,12 +19,12 @@ from airflow_dify.operators.connect import batch_client
 from airflow_dify.operators.errors import DifyBatchFailedError, DifyBatchKilledError, raise_for_summary
 from airflow_dify.operators.lineage import default_outlets, operator_lineage, table_ref
 from airflow_dify.sql.claims import ClaimOwner
+from airflow_dify.sql.dialects import dialect_for
 from airflow_dify.sql.table import SqlTable
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-_DIALECTS = {"sqlite": "sqlite", "postgres": "postgres", "postgresql": "postgres", "mysql": "mysql"}
 
 __all__ = ["DifyBatchFailedError", "DifyBatchKilledError", "DifyBatchOperator"]
 
@@ -172,7 +172,7 @@ class DifyBatchOperator(BaseOperator):
         return BatchOptions(**values)
 
     def _table(self, context: Context) -> SqlTable:
-        dialect = _DIALECTS.get(getattr(self.sql_hook, "conn_type", None) or "", "generic")
+        dialect = dialect_for(getattr(self.sql_hook, "conn_type", None))
         ti = context["ti"]
         # Claims are owned by this task instance: its next try takes over what a crashed try held.
         owner = ClaimOwner.for_task(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)

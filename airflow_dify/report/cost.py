@@ -25,8 +25,8 @@ from airflow_dify.report.store import SummaryStore
 from airflow_dify.report.usage import NO_CURRENCY, DailyUsage
 from airflow_dify.sql.connection import SqlConnection
 from airflow_dify.sql.dialects import quote_identifier
-from airflow_dify.sql.params import Params
 from airflow_dify.sql.paging import keyset_pages
+from airflow_dify.sql.params import Params
 
 log = logging.getLogger("airflow_dify.report")
 
@@ -97,11 +97,12 @@ class CostReport:
     ) -> list[DailyUsage]:
         """Daily usage of one table over answered rows with ``since <= day < until`` (UTC)."""
         c = self.columns
-        q_table = quote_identifier(table, "table", qualified=True)
-        q_id = quote_identifier(self.id_column, "id_column")
+        dialect_name = self.db.dialect_name
+        q_table = quote_identifier(table, "table", qualified=True, dialect=dialect_name)
+        q_id = quote_identifier(self.id_column, "id_column", dialect=dialect_name)
         names = (c.answered_at, c.status, c.prompt_tokens, c.completion_tokens, c.total_tokens)
         names += (c.total_price, c.currency, c.latency_ms)
-        q_cols = [quote_identifier(n, f"result column {n!r}") for n in names]
+        q_cols = [quote_identifier(n, f"result column {n!r}", dialect=dialect_name) for n in names]
         q_at = q_cols[0]
         groups: dict[tuple[dt.date, str], DailyUsage] = {}
 

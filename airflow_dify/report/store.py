@@ -39,7 +39,10 @@ class SummaryStore:
     def __init__(self, db: SqlConnection, table: str) -> None:
         self.db = db
         self.table = table
-        self._q = quote_identifier(table, "summary_table", qualified=True)
+        self._q = quote_identifier(table, "summary_table", qualified=True, dialect=db.dialect_name)
+
+    def _c(self, name: str) -> str:
+        return quote_identifier(name, "summary column", dialect=self.db.dialect_name)
 
     def _sqlite(self) -> bool:
         return self.db.dialect.name == "sqlite"
@@ -49,17 +52,23 @@ class SummaryStore:
 
     def ensure(self) -> None:
         """CREATE TABLE IF NOT EXISTS, keyed by (date, table_name, app, currency)."""
-        sqlite = self._sqlite()
-        cols = ", ".join(f'"{name}" {lite if sqlite else ansi}' for name, ansi, lite in SUMMARY_COLUMNS)
-        key = ", ".join(f'"{k}"' for k in _KEY)
+        sqlite, mysql = self._sqlite(), self.db.dialect_name == "mysql"
+
+        def kind(ansi: str, lite: str) -> str:
+            if sqlite:
+                return lite
+            return "DATETIME(6)" if mysql and ansi.startswith("TIMESTAMP") else ansi  # naive UTC
+
+        cols = ", ".join(f"{self._c(name)} {kind(ansi, lite)}" for name, ansi, lite in SUMMARY_COLUMNS)
+        key = ", ".join(self._c(k) for k in _KEY)
         self.db.execute_commit(f"CREATE TABLE IF NOT EXISTS {self._q} ({cols}, PRIMARY KEY ({key}))")
 
     def _range(self, params: Params, table: str, since: dt.date | None, until: dt.date | None) -> str:
-        terms = [f'"table_name" = {params.add(table)}']
+        terms = [f"{self._c('table_name')} = {params.add(table)}"]
         if since is not None:
-            terms.append(f'"date" >= {params.add(self._date(since))}')
+            terms.append(f"{self._c('date')} >= {params.add(self._date(since))}")
         if until is not None:
-            terms.append(f'"date" < {params.add(self._date(until))}')
+            terms.append(f"{self._c('date')} < {params.add(self._date(until))}")
         return " AND ".join(terms)
 
     def replace(
@@ -73,7 +82,7 @@ class SummaryStore:
             delete_sql = f"DELETE FROM {self._q} WHERE {self._range(delete, table, since, until)}"
             insert = Params(dialect, None)
             marks = ", ".join(insert.add(None) for _ in SUMMARY_COLUMNS)
-            names = ", ".join(f'"{c}"' for c, _, _ in SUMMARY_COLUMNS)
+            names = ", ".join(self._c(c) for c, _, _ in SUMMARY_COLUMNS)
             insert_sql = f"INSERT INTO {self._q} ({names}) VALUES ({marks})"
             rows = [self._values(d, now) for d in days]
             try:
@@ -99,7 +108,7 @@ class SummaryStore:
             elif name == "total_price" and sqlite:
                 value = format(value, "f")  # exact text; sqlite3 cannot bind Decimal
             values.append(value)
-        values.append(now.isoformat(timespec="microseconds") if sqlite else now)
+        values.append(self.db.dialect.adapt("generated_at", now))
         return values
 
     def load(
@@ -109,14 +118,15 @@ class SummaryStore:
             params = Params(self.db.dialect, None)
             terms = []
             if tables:
-                terms.append(f'"table_name" IN ({", ".join(params.add(t) for t in tables)})')
+                listed = ", ".join(params.add(t) for t in tables)
+                terms.append(f"{self._c('table_name')} IN ({listed})")
             if since is not None:
-                terms.append(f'"date" >= {params.add(self._date(since))}')
+                terms.append(f"{self._c('date')} >= {params.add(self._date(since))}")
             if until is not None:
-                terms.append(f'"date" < {params.add(self._date(until))}')
-            names = ", ".join(f'"{c}"' for c in _VALUE_FIELDS)
+                terms.append(f"{self._c('date')} < {params.add(self._date(until))}")
+            names = ", ".join(self._c(c) for c in _VALUE_FIELDS)
             where = f" WHERE {' AND '.join(terms)}" if terms else ""
-            order = ", ".join(f'"{k}"' for k in _KEY)
+            order = ", ".join(self._c(k) for k in _KEY)
             rows = self.db.query(f"SELECT {names} FROM {self._q}{where} ORDER BY {order}", params.values)
         out = []
         for row in rows:

@@ -51,6 +51,11 @@ class SqlConnection:
             return self._conn, self._dialect
 
     @property
+    def dialect_name(self) -> str:
+        """The dialect this connection was made for (known before connecting)."""
+        return self._dialect_name
+
+    @property
     def dialect(self) -> Dialect:
         return self.get()[1]
 

@@ -165,6 +165,14 @@ def is_integer_type(declared: str | None) -> bool:
     return any(w in _INTEGER_KEY for w in re.findall(r"[a-z]+", declared.lower()))
 
 
+_CONN_TYPES = {"sqlite": "sqlite", "postgres": "postgres", "postgresql": "postgres", "mysql": "mysql"}
+
+
+def dialect_for(conn_type: str | None) -> str:
+    """The dialect of an Airflow connection type (``generic`` for any other DB-API database)."""
+    return _CONN_TYPES.get((conn_type or "").lower(), "generic")
+
+
 def _driver_paramstyle(conn: Any) -> str:
     """The DB-API ``paramstyle`` of the module that made ``conn`` (for the generic dialect)."""
     module = sys.modules.get(type(conn).__module__.split(".")[0])
@@ -251,6 +259,7 @@ __all__ = [
     "DIALECTS",
     "Dialect",
     "InvalidText",
+    "dialect_for",
     "identifier_parts",
     "is_integer_type",
     "quote_identifier",

@@ -12,7 +12,8 @@ from typing import Any
 from airflow_dify.outcome import FAILED, SUCCEEDED, RowOutcome
 from airflow_dify.sql.table import SqlTable
 from airflow_dify.testing import answer_text, make_usage
-from tests.sql_fixtures import PG, SqlDb
+from tests import databases
+from tests.sql_fixtures import SqlDb
 
 START = dt.date(2026, 3, 1)
 
@@ -20,9 +21,7 @@ START = dt.date(2026, 3, 1)
 def connector(sql_db: SqlDb) -> Any:
     if sql_db.kind == "sqlite":
         return lambda: sqlite3.connect(sql_db.sqlite_path, check_same_thread=False)
-    import psycopg
-
-    return lambda: psycopg.connect(**PG)
+    return lambda: databases.connect(sql_db.kind)
 
 
 def outcome(i: int, day: dt.date, rnd: random.Random, currency: str = "USD") -> RowOutcome:
