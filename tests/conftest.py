@@ -42,7 +42,9 @@ def _require_services(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("postgres") and not _reachable(5432):
         pytest.fail("PostgreSQL at 127.0.0.1:5432 is unreachable (postgres-marked tests never skip)")
     if request.node.get_closest_marker("mysql") and not _reachable(3306):
-        pytest.fail("MySQL/MariaDB at 127.0.0.1:3306 is unreachable (run scripts/mysql.sh; mysql tests never skip)")
+        pytest.fail(
+            "MySQL/MariaDB at 127.0.0.1:3306 is unreachable (run scripts/mysql.sh; mysql tests never skip)"
+        )
     if request.node.get_closest_marker("redis") and not _reachable(6379):
         pytest.fail("Redis at 127.0.0.1:6379 is unreachable (redis-marked tests never skip)")
 

@@ -192,7 +192,8 @@ class PromptBuilder:
                 raise RowError("template_error", f"row {row_id!r}: query_template failed: {exc}") from None
             source = "query_template"
         else:
-            query = _text(row.get(self.query_column), row_id, self.query_column)
+            column = self.query_column or ""
+            query = _text(row.get(column), row_id, column)
             source = f"column {self.query_column!r}"
         if query is None or (isinstance(query, str) and not query.strip()):
             if self.family == "chat":

@@ -78,7 +78,7 @@ class RedisPool(ReservingPool):
             ) from None
         self._script = self._client.register_script(_LUA)
 
-    def _call(self, op: str, *args: object) -> list[str]:
+    def _call(self, op: str, *args: str | int | float) -> list[str]:
         now = repr(self._clock()) if self._fixed_clock else ""
         try:
             reply = self._script(keys=self._keys, args=[op, now, *args])

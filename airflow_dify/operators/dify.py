@@ -138,8 +138,16 @@ class DifyBatchOperator(BaseOperator):
         if "outlets" not in kwargs:  # an explicit outlets (even []) wins over the derived Asset
             kwargs["outlets"] = default_outlets(sql_conn_id, table)
         super().__init__(**kwargs)
+        self.table = table
+        self.results_table = results_table
+        self.sql_conn_id = sql_conn_id
+        self.dify_conn_id = dify_conn_id
+        self.id_column = id_column
+        self.shard_index = shard_index
+        self.shard_count = shard_count
+        # Every other argument is a BatchOptions field, kept under its own name for templating.
         arguments = locals()
-        for name in _ARGUMENTS:
+        for name in _OPTION_ARGUMENTS:
             setattr(self, name, arguments[name])
         self.input_columns = dict(input_columns or {})
         self._options(None)  # bad arguments fail at parse time, naming the argument
@@ -163,11 +171,11 @@ class DifyBatchOperator(BaseOperator):
 
     def _options(self, context: Context | None) -> BatchOptions:
         """The run's options from the (rendered) arguments; before rendering, templated ones wait."""
-        values = {name: getattr(self, name) for name in option_names() if name in _ARGUMENTS}
+        values = {name: getattr(self, name) for name in _OPTION_ARGUMENTS}
         if context is None:
             values = {k: v for k, v in values.items() if k not in self.template_fields}
             return BatchOptions(**values)
-        values["user"] = self.user or f"airflow-{context['dag'].dag_id}"
+        values["user"] = values["user"] or f"airflow-{context['dag'].dag_id}"
         values["shard"] = shard_from(self.shard_index, self.shard_count)
         return BatchOptions(**values)
 
@@ -175,7 +183,8 @@ class DifyBatchOperator(BaseOperator):
         dialect = dialect_for(getattr(self.sql_hook, "conn_type", None))
         ti = context["ti"]
         # Claims are owned by this task instance: its next try takes over what a crashed try held.
-        owner = ClaimOwner.for_task(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)
+        map_index = ti.map_index if ti.map_index is not None else -1
+        owner = ClaimOwner.for_task(ti.dag_id, ti.task_id, ti.run_id, map_index, ti.try_number)
         return SqlTable(
             self.sql_hook.get_conn,
             self.table,
@@ -192,9 +201,9 @@ class DifyBatchOperator(BaseOperator):
             self._table(context) as table,
         ):
             summary = run_batch(table, table, client, options, stop=self._stop, logger=self.log)
-        return self._report(context, summary)
+        return self._report(context, summary, options)
 
-    def _report(self, context: Context, summary: BatchSummary) -> dict[str, Any]:
+    def _report(self, context: Context, summary: BatchSummary, options: BatchOptions) -> dict[str, Any]:
         """Summary to XCom (also when failing), the verdict, then the asset events."""
         result = summary.to_dict()
         self._summary = result
@@ -205,7 +214,7 @@ class DifyBatchOperator(BaseOperator):
                 summary.stopped_reason,
                 f"{summary.rows_selected - summary.processed:,}",
             )
-        raise_for_summary(summary, self.max_failed_ratio)
+        raise_for_summary(summary, options.max_failed_ratio)
         for outlet in self.outlets:
             if isinstance(outlet, Asset):  # consumers (e.g. a cost report) read the totals from the event
                 context["outlet_events"][outlet].extra = dict(result)
@@ -226,7 +235,7 @@ class DifyBatchOperator(BaseOperator):
         return operator_lineage(ref, self._summary)
 
 
-#: The operator's own arguments, kept as attributes of the same name (templating renders them).
-_ARGUMENTS = tuple(
-    p for p in inspect.signature(DifyBatchOperator.__init__).parameters if p not in ("self", "kwargs")
+#: Arguments that are BatchOptions fields, kept as attributes of the same name (templating renders them).
+_OPTION_ARGUMENTS = tuple(
+    name for name in inspect.signature(DifyBatchOperator.__init__).parameters if name in option_names()
 )

@@ -103,7 +103,8 @@ def render_cost_chart(
     stacked(
         axes[0], _series(rows, days, stack_by, "total_tokens"), "tokens", f"Total tokens: {grand_tokens:,}"
     )
-    for ax, currency in zip(axes[1:], currencies or [None], strict=False):
+    priced: list[str | None] = list(currencies) if currencies else [None]
+    for ax, currency in zip(axes[1:], priced, strict=False):
         if currency is None:
             ax.text(0.5, 0.5, "no priced rows (workflow apps report tokens only)", ha="center", va="center")
             ax.set_ylabel("cost")

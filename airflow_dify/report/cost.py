@@ -100,8 +100,8 @@ class CostReport:
         dialect_name = self.db.dialect_name
         q_table = quote_identifier(table, "table", qualified=True, dialect=dialect_name)
         q_id = quote_identifier(self.id_column, "id_column", dialect=dialect_name)
-        names = (c.answered_at, c.status, c.prompt_tokens, c.completion_tokens, c.total_tokens)
-        names += (c.total_price, c.currency, c.latency_ms)
+        names = [c.answered_at, c.status, c.prompt_tokens, c.completion_tokens, c.total_tokens]
+        names += [c.total_price, c.currency, c.latency_ms]
         q_cols = [quote_identifier(n, f"result column {n!r}", dialect=dialect_name) for n in names]
         q_at = q_cols[0]
         groups: dict[tuple[dt.date, str], DailyUsage] = {}

@@ -94,7 +94,8 @@ class ResultStore:
                 raise SqlTableError(self.schema.missing_table_message(names.store, self._setting()))
             wanted = names.wanted(self.claims)
             owned = self.schema.owned(names.store)  # read after the columns: see _add_missing
-            present = [(f, c, cols.find(c)) for f, c in wanted if cols.find(c) is not None]
+            found_as = {c: cols.find(c) for _, c in wanted}
+            present = [(f, c, found) for f, c in wanted if (found := found_as[c]) is not None]
             foreign = [(f, c, found) for f, c, found in present if found.lower() not in owned]
             if foreign and self._adoptable(cols, owned):
                 log.info("table %s: adopting the result columns an earlier version created", names.store)

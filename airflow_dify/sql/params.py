@@ -26,7 +26,7 @@ class Params:
             raise SqlTableError("where_parameters: this driver uses named parameters; pass a dict")
         self._user = user_params
         self.values: Any = {} if self.named else []
-        if self.style == "numeric" and user_params:
+        if self.style == "numeric" and user_params and isinstance(self.values, list):
             # :1..:k belong to the user: ours are numbered after them, so order does not matter.
             self.values.extend(user_params)
             self._user = None
@@ -34,7 +34,7 @@ class Params:
     def add(self, value: Any) -> str:
         if self.named:
             key = f"_dify_p{len(self.values)}"
-            if key in self._user:
+            if isinstance(self._user, dict) and key in self._user:
                 raise SqlTableError(f"where_parameters: the name {key!r} is reserved")
             self.values[key] = value
             return f"%({key})s" if self.style in ("format", "pyformat") else f":{key}"

@@ -98,23 +98,32 @@ def selection_terms(
     return terms
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which rows a run asks for: the ``redo`` mode, the user's ``where`` and a shard."""
+
+    redo: str = "failed"
+    where: str | None = None
+    where_parameters: Any = None
+    shard: Any = None
+
+
 def page_sql(
     layout: Layout,
     dialect: Dialect,
-    *,
     select: Sequence[str],
-    redo: str,
-    where: str | None,
-    where_parameters: Any,
-    shard: Any,
+    selection: Selection,
     q_status: str | None,
-    last: Any,
-    limit: int | None,
+    last: Any = None,
+    limit: int | None = None,
 ) -> tuple[str, Any]:
     """One keyset page (``limit`` None: a count over the whole selection)."""
-    params = Params(dialect, where_parameters)
+    where = selection.where
+    params = Params(dialect, selection.where_parameters)
     source = layout.from_clause(params, where)
-    terms = selection_terms(layout, dialect, params, redo=redo, where=where, shard=shard, q_status=q_status)
+    terms = selection_terms(
+        layout, dialect, params, redo=selection.redo, where=where, shard=selection.shard, q_status=q_status
+    )
     if last is not None:
         terms.append(f"t.{layout.q_id} > {params.add(last)}")
     sql = f"SELECT {', '.join(select)} FROM {source}" + (" WHERE " + " AND ".join(terms) if terms else "")
@@ -123,4 +132,4 @@ def page_sql(
     return sql, params.values
 
 
-__all__ = ["Layout", "check_redo", "page_sql", "selection_terms", "status_terms"]
+__all__ = ["Layout", "Selection", "check_redo", "page_sql", "selection_terms", "status_terms"]

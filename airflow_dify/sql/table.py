@@ -44,7 +44,7 @@ from airflow_dify.sql.layout import CLAIM_FIELDS, ResultStore, TableNames
 from airflow_dify.sql.paging import keyset_pages
 from airflow_dify.sql.params import Params
 from airflow_dify.sql.schema import Schema
-from airflow_dify.sql.selection import Layout, check_redo, page_sql, status_terms
+from airflow_dify.sql.selection import Layout, Selection, check_redo, page_sql, status_terms
 from airflow_dify.sql.writer import ResultWriter
 
 __all__ = [
@@ -129,7 +129,7 @@ class SqlTable:
             )
         self._db = SqlConnection(connect, dialect)
         self._schema = Schema(self._db, dialect)
-        names = TableNames(
+        layout = TableNames(
             table,
             results_table,
             id_column,
@@ -140,7 +140,7 @@ class SqlTable:
             self._q_result,
             self._q_claim,
         )
-        self._store = ResultStore(self._db, self._schema, names, claims)
+        self._store = ResultStore(self._db, self._schema, layout, claims)
         self._held = HeldClaims(lease=float(lease_seconds))
         self._writer = ResultWriter(
             self._db,
@@ -285,21 +285,11 @@ class SqlTable:
     ) -> int:
         """Number of rows iter_chunks() would consider with the same arguments (claims aside)."""
         check_redo(redo)
+        selection = Selection(redo, where, where_parameters, shard)
         with self._db.lock:
             self._store.seed(where, where_parameters)
             status = self._store.status_column()
-            sql, params = page_sql(
-                self._layout(),
-                self.dialect,
-                select=["COUNT(*)"],
-                redo=redo,
-                where=where,
-                where_parameters=where_parameters,
-                shard=shard,
-                q_status=status,
-                last=None,
-                limit=None,
-            )
+            sql, params = page_sql(self._layout(), self.dialect, ["COUNT(*)"], selection, status)
             return int(self._db.query(sql, params)[0][0])
 
     def iter_chunks(
@@ -322,37 +312,20 @@ class SqlTable:
         check_redo(redo)
         if redo == "changed" and self.current_hash is None:
             raise ValueError('redo="changed" needs SqlTable(current_hash=...) to hash each row\'s content')
+        selection = Selection(redo, where, where_parameters, shard)
         with self._db.lock:
             self._store.seed(where, where_parameters)
             status = self._store.status_column()
             has_hash = redo == "changed" and self._store.has("input_hash")
             claiming = self.claims and self._store.has_claims()
             # Check the arguments now, not at the first next(): bad settings fail at the call.
-            page_sql(
-                self._layout(),
-                self.dialect,
-                select=["1"],
-                redo=redo,
-                where=where,
-                where_parameters=where_parameters,
-                shard=shard,
-                q_status=status,
-                last=None,
-                limit=1,
-            )
-        return self._pages(chunk_size, redo, where, where_parameters, shard, status, has_hash, claiming)
+            page_sql(self._layout(), self.dialect, ["1"], selection, status, limit=1)
+        return self._pages(chunk_size, selection, status, has_hash, claiming)
 
     def _pages(
-        self,
-        chunk_size: int,
-        redo: str,
-        where: Any,
-        where_parameters: Any,
-        shard: Any,
-        status: str | None,
-        has_hash: bool,
-        claiming: bool,
+        self, chunk_size: int, selection: Selection, status: str | None, has_hash: bool, claiming: bool
     ) -> Iterator[list[dict[str, Any]]]:
+        redo = selection.redo
         alias = self._layout().read_alias
         select = [f"t.{self._q_id}", *(f"{alias}.{c}" for c in self._q_read)]
         select.append(f"t.{status}" if status else "NULL")
@@ -362,30 +335,21 @@ class SqlTable:
         if claiming:
             select += [f"t.{self._q_claim['claimed_by']}", f"t.{self._q_claim['claimed_until']}"]
 
+        layout = self._layout()
+
         def page_query(last: Any) -> tuple[str, Any]:
-            return page_sql(
-                self._layout(),
-                self.dialect,
-                select=select,
-                redo=redo,
-                where=where,
-                where_parameters=where_parameters,
-                shard=shard,
-                q_status=status,
-                last=last,
-                limit=chunk_size,
-            )
+            return page_sql(layout, self.dialect, select, selection, status, last, chunk_size)
 
         if not claiming:
-            for rows in keyset_pages(self._db, chunk_size, page_query):
-                yield self._unchanged_dropped([dict(zip(keys, row, strict=True)) for row in rows], redo)
+            for page in keyset_pages(self._db, chunk_size, page_query):
+                yield self._unchanged_dropped([dict(zip(keys, row, strict=True)) for row in page], redo)
             return
         last: Any = None
         for _page in range(10**12):  # bounded: every page advances the id strictly
-            rows, last_seen, full = self._claim_page(page_query, last, keys, redo, chunk_size)
+            claimed, last_seen, full = self._claim_page(page_query, last, keys, redo, chunk_size)
             if last_seen is None:
                 return
-            yield rows
+            yield claimed
             if not full:
                 return
             last = last_seen

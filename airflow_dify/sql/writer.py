@@ -29,8 +29,9 @@ _TRANSIENT = frozenset({"OperationalError", "InterfaceError"})
 #: Fields an attempt on an already answered row may change.
 _ATTEMPT_FIELDS = ("error", "attempts")
 #: Fields kept when a row's result cannot be stored: what finance needs.
-_MONEY_FIELDS = ("status", "error", "attempts", "answered_at", "prompt_tokens", "completion_tokens")
-_MONEY_FIELDS += ("total_tokens", "total_price", "currency", "message_id", "conversation_id", "input_hash")
+_MONEY_FIELDS: tuple[str, ...] = ("status", "error", "attempts", "answered_at", "prompt_tokens")
+_MONEY_FIELDS += ("completion_tokens", "total_tokens", "total_price", "currency", "message_id")
+_MONEY_FIELDS += ("conversation_id", "input_hash")
 
 
 def _transient(exc: BaseException) -> bool:

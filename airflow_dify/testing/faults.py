@@ -18,7 +18,7 @@ TOKEN_PATH = "/oauth2/token"
 #: Answered before any work is done (nothing billed, not admitted by the limits).
 EARLY_KINDS = frozenset({"status", "html", "retry_after", "reset"})
 #: The work is done (admitted, billed), then the response is spoiled.
-LATE_KINDS = frozenset({"billed_504", "stall", "truncated", "malformed", "workflow_status"})
+LATE_KINDS = frozenset({"billed_504", "stall", "truncated", "malformed", "workflow_status", "answer"})
 STREAM_KINDS = frozenset({"stream_break", "stream_error"})
 TOKEN_KINDS = frozenset({"token_down", "token_slow"})
 KINDS = EARLY_KINDS | LATE_KINDS | STREAM_KINDS | TOKEN_KINDS
@@ -36,7 +36,8 @@ class Fault:
     :param probability: fire with this probability (seeded by ``seed``, reproducible).
     :param times: fire at most this many times.
     :param status: HTTP status for ``status``/``html`` (default 500/502); retry_after uses 429.
-    :param code: Dify error code for ``status`` and ``stream_error``; message likewise.
+    :param code: Dify error code for ``status`` and ``stream_error``; message likewise (for
+        ``answer``, the answer text the app returns instead of its usual one, e.g. with a NUL byte).
     :param retry_after: Retry-After header seconds for ``retry_after``.
     :param delay: seconds for ``stall`` and ``token_slow``.
     :param status_text: ``data.status`` for ``workflow_status`` (default ``failed``).
@@ -76,6 +77,8 @@ class Fault:
             return streaming
         if self.kind == "workflow_status":
             return path == "/workflows/run"
+        if self.kind == "answer":
+            return not streaming and path != "/workflows/run"
         return True
 
     def hits(self, number: int) -> bool:

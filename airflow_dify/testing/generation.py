@@ -184,10 +184,12 @@ def _blocking(state: FakeState, ex: Exchange, job: Job) -> Reply:
         body = workflow_body(_workflow_run(state, job))
     else:
         body = message_body(app, call.query, call.inputs, job.latency, job.conversation_id)
-    ex.response = body  # billed even when the answer is spoiled on the way
-    delay = job.stall + job.latency
     fault = job.fault
     kind = fault.kind if fault is not None else None
+    if fault is not None and kind == "answer" and app.mode != "workflow":
+        body["answer"] = fault.message or ""  # what the model said, e.g. with a NUL byte in it
+    ex.response = body  # billed even when the answer is spoiled on the way
+    delay = job.stall + job.latency
     if fault is not None and kind == "billed_504":
         # The work is done and billed, but the gateway gives up.
         status = fault.status or 504

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -34,9 +33,8 @@ with DAG(
 
 
 @pytest.fixture
-def dify_env(fake_dify: FakeDify, monkeypatch: pytest.MonkeyPatch) -> FakeDify:
-    conn = {"conn_type": "dify", "host": fake_dify.url, "password": fake_dify.app("chat").key}
-    monkeypatch.setenv("AIRFLOW_CONN_DIFY_TEST", json.dumps({**conn, "extra": {"app_mode": "chat"}}))
+def dify_env(fake_dify: FakeDify, dify_conn) -> FakeDify:
+    dify_conn(app_mode="chat")
     return fake_dify
 
 
@@ -58,6 +56,8 @@ def test_run_emits_asset_event_with_summary_and_queues_the_consumer_dag(sql_db: 
     uri = dify_answers_asset("sql_test", table).name
     if sql_db.kind == "sqlite":
         assert uri == f"sqlite://{sql_db.sqlite_path}/{table}"
+    elif sql_db.kind == "mysql":  # the MySQL provider's form: no schema level
+        assert uri == f"mysql://127.0.0.1:3306/test/{table}"
     else:
         assert uri == f"postgres://127.0.0.1:5432/test/public/{table}"
     consumer_id = f"cost_report_{table}"

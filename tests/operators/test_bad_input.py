@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from contextlib import closing
 
@@ -14,12 +13,6 @@ from tests.airflow_run import run_batch_dag
 from tests.sql_fixtures import SqlDb, unique_table
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
-
-
-@pytest.fixture
-def dify_conn(fake_dify: FakeDify, monkeypatch: pytest.MonkeyPatch) -> None:
-    conn = {"conn_type": "dify", "host": fake_dify.url, "password": fake_dify.app("chat").key}
-    monkeypatch.setenv("AIRFLOW_CONN_DIFY_TEST", json.dumps(conn))
 
 
 def test_bad_rows_fail_alone_with_specific_errors(sqlite_db: SqlDb, fake_dify: FakeDify, dify_conn) -> None:

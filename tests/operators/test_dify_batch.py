@@ -17,25 +17,6 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 GENERATION_PATHS = {"/chat-messages", "/completion-messages", "/workflows/run"}
 
 
-@pytest.fixture
-def dify_conn(fake_dify: FakeDify, monkeypatch: pytest.MonkeyPatch):
-    def use(mode: str = "chat", **extra: object) -> None:
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_DIFY_TEST",
-            json.dumps(
-                {
-                    "conn_type": "dify",
-                    "host": fake_dify.url,
-                    "password": fake_dify.app(mode).key,
-                    "extra": extra,
-                }
-            ),
-        )
-
-    use()
-    return use
-
-
 def generation_records(fake: FakeDify) -> list:
     return [r for r in fake.requests if r.path in GENERATION_PATHS]
 

@@ -14,12 +14,6 @@ from tests.sql_fixtures import SqlDb, unique_table
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 
-@pytest.fixture
-def dify_conn(fake_dify: FakeDify, monkeypatch: pytest.MonkeyPatch) -> None:
-    conn = {"conn_type": "dify", "host": fake_dify.url, "password": fake_dify.app("chat").key}
-    monkeypatch.setenv("AIRFLOW_CONN_DIFY_TEST", json.dumps(conn))
-
-
 def chat_queries(fake: FakeDify) -> list[str]:
     return sorted(r.body["query"] for r in fake.requests if r.path == "/chat-messages")
 

@@ -17,15 +17,11 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import socket
-import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -34,140 +30,31 @@ import pytest
 from airflow_dify.testing import FakeDify
 from scripts.system_seed import prompt_for, seed
 from tests.system.airflow_api import AirflowApi, wait_for
-from tests.system.airflow_env import (
-    BROKER_DB,
-    DAG_FILE,
-    DAG_ID,
-    POOL,
-    POOL_SLOTS,
-    RATE_LIMIT_DB,
-    Budget,
-    airflow_env,
-    dify_connection,
-    new_keys,
-    sql_connection,
+from tests.system.airflow_env import DAG_ID, POOL, RATE_LIMIT_DB, Budget, dify_connection
+from tests.system.cluster import (
+    CELERY_BROKER,
+    TABLE,
+    Metadata,
+    _pg,
+    base_env,
+    free_port,
+    metadata,
+    phase_env,
+    start_airflow,
+    task_log_tails,
 )
 from tests.system.processes import Processes
 
 pytestmark = [pytest.mark.system, pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(480)]
 
-ROOT = Path(__file__).resolve().parents[2]
 #: More rows than one minute's budget, so the 60 s window check can actually fail.
 ROWS = 1300
-TABLE = "dify_prompts"
 TASK_ID = "answer_shard"
 RATE_LIMIT_REDIS = f"redis://127.0.0.1:6379/{RATE_LIMIT_DB}"
-CELERY_BROKER = f"redis://127.0.0.1:6379/{BROKER_DB}"
+__all__ = ["metadata"]  # the module-scoped fixture, used by name
 STARTUP_TIMEOUT = 150.0
 RUN_TIMEOUT = 240.0
 GENERATION_PATHS = {"/chat-messages", "/completion-messages", "/workflows/run"}
-
-
-def free_port() -> int:
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pg(dbname: str = "postgres"):
-    import psycopg
-
-    return psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname=dbname, autocommit=True)
-
-
-@dataclass(frozen=True)
-class Metadata:
-    meta_db: str
-    data_db: str
-    home: Path
-    dags: Path
-    keys: dict[str, str]
-
-    @property
-    def data_dsn(self) -> str:
-        return f"host=127.0.0.1 port=5432 user=postgres dbname={self.data_db}"
-
-
-def base_env() -> dict[str, str]:
-    """This process's environment minus its own Airflow settings (tests/conftest.py sets some)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "DIFY_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
-@pytest.fixture(scope="module")
-def metadata(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Metadata]:
-    """Fresh metadata + data databases, migrated once for both executors, dropped afterwards."""
-    tag = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    meta = Metadata(
-        meta_db=f"airflow_sys_{tag}",
-        data_db=f"dify_sys_{tag}",
-        home=tmp_path_factory.mktemp("airflow_home"),
-        dags=tmp_path_factory.mktemp("dags"),
-        keys=new_keys(),
-    )
-    shutil.copy(ROOT / "dags" / DAG_FILE, meta.dags / DAG_FILE)
-    with closing(_pg()) as db:
-        db.execute(f"CREATE DATABASE {meta.meta_db}")
-        db.execute(f"CREATE DATABASE {meta.data_db}")
-    procs = Processes(meta.home / "setup-logs")
-    try:
-        env = {**base_env(), **phase_env(meta, "LocalExecutor", free_port(), free_port(), "{}")}
-        procs.run("db-migrate", [sys.executable, "-m", "airflow", "db", "migrate"], env, timeout=180)
-        pool_cmd = ["pools", "set", POOL, str(POOL_SLOTS), "Dify calls: at most 4 shards at once"]
-        procs.run("pools-set", [sys.executable, "-m", "airflow", *pool_cmd], env, timeout=60)
-        yield meta
-    finally:
-        left = procs.stop_all()
-        with closing(_pg()) as db:
-            db.execute(f"DROP DATABASE IF EXISTS {meta.meta_db} WITH (FORCE)")
-            db.execute(f"DROP DATABASE IF EXISTS {meta.data_db} WITH (FORCE)")
-        assert not left, f"setup processes left behind: {left}"
-
-
-def phase_env(
-    meta: Metadata, executor: str, api_port: int, log_port: int, dify_conn: str, queue: str = ""
-) -> dict[str, str]:
-    celery = None
-    if executor == "CeleryExecutor":
-        celery = {
-            "AIRFLOW__CELERY__BROKER_URL": CELERY_BROKER,
-            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://postgres@127.0.0.1:5432/{meta.meta_db}",
-            "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
-            # A queue of our own: another Airflow using the same broker db cannot steal our tasks.
-            "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queue,
-        }
-    return airflow_env(
-        home=meta.home,
-        dags=meta.dags,
-        logs=meta.home / "logs",
-        metadata_db=meta.meta_db,
-        api_port=api_port,
-        log_port=log_port,
-        executor=executor,
-        dify_conn=dify_conn,
-        sql_conn=sql_connection(meta.data_db),
-        table=TABLE,
-        keys=meta.keys,
-        celery=celery,
-    )
-
-
-def start_airflow(procs: Processes, env: dict[str, str], api_port: int, tag: str, queue: str) -> None:
-    """api-server, dag-processor, scheduler; for Celery 2 workers (started first: slowest to get ready)."""
-    airflow = [sys.executable, "-m", "airflow"]
-    if tag == "celery":
-        for i in (1, 2):
-            worker = ["celery", "worker", "-c", "2", "-q", queue, "-H", f"w{i}@dify-systest"]
-            # No log server (two workers on one host would fight over its port; logs are local files);
-            # no gossip/mingle: nothing to sync with, and they slow the start.
-            flags = ["--skip-serve-logs", "--without-gossip", "--without-mingle"]
-            procs.start(f"worker{i}", [*airflow, *worker, *flags], env)
-    api = ["api-server", "--host", "127.0.0.1", "--port", str(api_port), "--workers", "1"]
-    procs.start("api-server", [*airflow, *api], env)
-    procs.start("dag-processor", [*airflow, "dag-processor"], env)
-    procs.start("scheduler", [*airflow, "scheduler"], env)
 
 
 def forget_queue(queue: str) -> None:
@@ -181,14 +68,6 @@ def forget_queue(queue: str) -> None:
             client.delete(*keys)
     finally:
         client.close()
-
-
-def task_log_tails(meta: Metadata, lines: int = 40) -> str:
-    out = []
-    for path in sorted((meta.home / "logs").rglob("*.log"))[-8:]:
-        text = path.read_text(errors="replace").splitlines()[-lines:]
-        out.append(f"--- task log {path}:\n" + "\n".join(text))
-    return "\n".join(out)
 
 
 @pytest.mark.parametrize("executor", ["LocalExecutor", "CeleryExecutor"])

@@ -1,0 +1,142 @@
+"""SIGKILL a batch task mid-run on a real scheduler: Airflow's retry finishes it by itself.
+
+LocalExecutor, PostgreSQL metadata and data, FakeDify in this process. The task (retries=1, no
+retry delay) writes its pid and try number to a file; once 30 rows are answered the test kills
+that process with SIGKILL, as the OOM killer would. Airflow marks the try failed and starts the
+next one, which takes over the claims of the try that died (same task instance) instead of
+waiting out their lease. Checked: the run succeeds, every row is answered, and the requests
+repeated because of the kill are at most max_concurrency.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from collections import Counter
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from airflow_dify.testing import FakeDify
+from scripts.system_seed import prompt_for, seed
+from tests.system.airflow_api import AirflowApi, wait_for
+from tests.system.cluster import (
+    TABLE,
+    _pg,
+    base_env,
+    free_port,
+    metadata,
+    phase_env,
+    start_airflow,
+    task_log_tails,
+)
+from tests.system.processes import Processes
+
+pytestmark = [pytest.mark.system, pytest.mark.postgres, pytest.mark.timeout(420)]
+__all__ = ["metadata"]  # the module-scoped fixture, used by name
+
+DAG_ID = "dify_crash_retry"
+ROWS = 120
+CONCURRENCY = 4
+DAG = """
+import datetime as dt
+import os
+
+from airflow.sdk import DAG
+
+from airflow_dify.operators.dify import DifyBatchOperator
+
+
+class PidBatch(DifyBatchOperator):
+    def execute(self, context):
+        with open(os.environ["DIFY_CRASH_PID_FILE"], "a") as out:
+            out.write(f"{{os.getpid()}} {{context['ti'].try_number}}\\n")
+        return super().execute(context)
+
+
+with DAG({dag_id!r}, schedule=None, start_date=dt.datetime(2026, 1, 1), catchup=False):
+    PidBatch(
+        task_id="answer", table={table!r}, sql_conn_id="dify_sql", dify_conn_id="dify_default",
+        app_mode="chat", max_concurrency={concurrency}, chunk_size=10, outlets=[],
+        retries=1, retry_delay=dt.timedelta(seconds=0),
+    )
+"""
+
+
+def _answered(dsn_db: str) -> int:
+    import psycopg
+
+    with closing(_pg(dsn_db)) as db:
+        try:
+            return db.execute(f"SELECT COUNT(*) FROM {TABLE} WHERE status = 'succeeded'").fetchone()[0]
+        except psycopg.errors.UndefinedColumn:  # the task has not added its result columns yet
+            return 0
+
+
+def test_sigkill_then_airflows_own_retry_finishes_the_rows(metadata, tmp_path: Path) -> None:
+    ids = seed(metadata.data_dsn, TABLE, ROWS)
+    (metadata.dags / f"{DAG_ID}.py").write_text(
+        DAG.format(dag_id=DAG_ID, table=TABLE, concurrency=CONCURRENCY)
+    )
+    pid_file = tmp_path / "pids"
+    procs = Processes(tmp_path / "logs")
+    api_port, log_port = free_port(), free_port()
+    fake = FakeDify(latency=0.25)
+    api = AirflowApi(api_port)
+    run_id = f"crash_{uuid.uuid4().hex[:8]}"
+    left: list[str] = []
+    try:
+        fake.start()
+        extra = {"app_mode": "chat"}
+        conn = json.dumps(
+            {"conn_type": "dify", "host": fake.url, "password": fake.app("chat").key, "extra": extra}
+        )
+        env = {**base_env(), **phase_env(metadata, "LocalExecutor", api_port, log_port, conn)}
+        env["DIFY_CRASH_PID_FILE"] = str(pid_file)
+        start_airflow(procs, env, api_port, "local", "")
+        alive = procs.check_alive
+        wait_for("Airflow healthy", api.healthy, 150, check=alive)
+        wait_for(f"DAG {DAG_ID} parsed", lambda: api.dag_ready(DAG_ID), 150, check=alive)
+        api.unpause(DAG_ID)
+        api.trigger(DAG_ID, run_id)
+        wait_for("30 rows answered", lambda: _answered(metadata.data_db) >= 30 or None, 120, interval=0.05)
+        pid, try_number = (int(v) for v in pid_file.read_text().split()[:2])
+        assert try_number == 1
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        answered_at_kill = _answered(metadata.data_db)
+
+        def finished() -> str | None:
+            state = api.run_state(DAG_ID, run_id)
+            return state if state in ("success", "failed") else None
+
+        state = wait_for("the DAG run to finish", finished, 180, interval=1, check=alive)
+        recovered_in = time.monotonic() - killed_at
+        tries = [line.split() for line in pid_file.read_text().splitlines()]
+        summary = api.xcom(DAG_ID, run_id, "answer", "return_value", -1)
+    except BaseException:
+        print(f"\n===== crash-retry failed; component logs =====\n{procs.tails()}", file=sys.stderr)
+        print(task_log_tails(metadata), file=sys.stderr)
+        raise
+    finally:
+        left = procs.stop_all()
+        fake.stop()
+    assert not left, f"processes left behind: {left}"
+    assert state == "success"
+    assert [t[1] for t in tries] == ["1", "2"]  # Airflow's own retry, no manual step
+    assert answered_at_kill < ROWS and _answered(metadata.data_db) == ROWS
+    asked = Counter(r.body["query"] for r in fake.requests if r.path == "/chat-messages" and r.body)
+    assert set(asked) == {prompt_for(i) for i in ids}
+    repeated = sum(asked.values()) - len(asked)
+    assert repeated <= CONCURRENCY, f"{repeated} requests repeated after the kill"
+    # The retry took the dead try's claims over at once: it did not wait out their 60 s lease.
+    assert summary["skipped_claimed"] == 0 and recovered_in < 60, (summary, recovered_in)
+    print(
+        f"\nCRASH killed at {answered_at_kill}/{ROWS} answered; retry done {recovered_in:.1f}s later; "
+        f"{repeated} request(s) repeated (max_concurrency {CONCURRENCY})"
+    )
