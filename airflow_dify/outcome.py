@@ -56,6 +56,28 @@ class ResultColumns:
         return [(f.name, getattr(self, f.name)) for f in fields(self)]
 
 
+@dataclass(kw_only=True)
+class TokenTotals:
+    """Token counts summed over rows (run summaries, the daily cost report)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    def add_tokens(self, prompt: Any, completion: Any, total: Any) -> None:
+        """Add one row's counts; NULL counts as 0 (a failed call reports none)."""
+        self.prompt_tokens += int(prompt or 0)
+        self.completion_tokens += int(completion or 0)
+        self.total_tokens += int(total or 0)
+
+    def tokens(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
 @dataclass(frozen=True)
 class RowOutcome:
     """The settled result of one row: written back as one UPDATE."""

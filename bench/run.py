@@ -85,6 +85,16 @@ def targets(results: dict[str, Any], cfg: BenchConfig) -> list[dict[str, Any]]:
                     lambda x: x >= 0.97,
                 )
             )
+        for v in ("limited", "unlimited"):
+            rows.append(
+                (
+                    "1 bound",
+                    f"{v}: throughput with claims / without",
+                    _get(r, "bound", "claims_throughput_ratio", v),
+                    ">= 0.95",
+                    lambda x: x >= 0.95,
+                )
+            )
         rows.append(
             (
                 "1 bound",

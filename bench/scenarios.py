@@ -30,7 +30,11 @@ def _batch_spec(fake: Any, db: Path, **kw: Any) -> dict[str, Any]:
 
 # -- 1 --------------------------------------------------------------------------------------------
 def bound_ratio(cfg: BenchConfig) -> dict[str, Any]:
-    """Achieved rows/s over min(RPM/60, concurrency/latency), with the rate limit on and off."""
+    """Achieved rows/s over min(RPM/60, concurrency/latency), with the rate limit on and off.
+
+    Each is also run with row claims off, right after, so what claims cost is a ratio of two
+    runs made minutes apart on the same server.
+    """
     conc, lat = cfg.bound_concurrency, cfg.bound_latency
     out: dict[str, Any] = {
         "rows": cfg.bound_rows,
@@ -40,11 +44,17 @@ def bound_ratio(cfg: BenchConfig) -> dict[str, Any]:
     }
     fake = start_fake(lat, keep_records=None)
     try:
-        for variant, rpm in (("limited", cfg.bound_rpm), ("unlimited", None)):
+        runs = [
+            (v, rpm, claims)
+            for v, rpm in (("limited", cfg.bound_rpm), ("unlimited", None))
+            for claims in (True, False)
+        ]
+        for base, rpm, claims in runs:
+            variant = base if claims else f"{base}_no_claims"
             fake.reset()
             bound = min(rpm / 60.0, conc / lat) if rpm else conc / lat
             db = make_prompt_table(work_dir() / f"bound_{variant}.db", cfg.bound_rows)
-            spec = _batch_spec(fake, db, max_concurrency=conc, pool_concurrency=conc, rpm=rpm)
+            spec = _batch_spec(fake, db, max_concurrency=conc, pool_concurrency=conc, rpm=rpm, claims=claims)
             client = run_worker(spec, f"bound_{variant}", timeout=cfg.bound_rows / bound * 4 + 60)
             achieved = client["rows_per_second"] or 0.0
             out[variant] = {
@@ -56,6 +66,10 @@ def bound_ratio(cfg: BenchConfig) -> dict[str, Any]:
             }
     finally:
         fake.stop()
+    out["claims_throughput_ratio"] = {
+        v: ratio(out[v]["achieved_rows_per_second"], out[f"{v}_no_claims"]["achieved_rows_per_second"])
+        for v in ("limited", "unlimited")
+    }
     return out
 
 

@@ -81,7 +81,10 @@ def open_batch(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     client = DifyClient(spec["url"], spec["key"], pool=pool, pool_size=concurrency)
     db_path = spec["db"]
     table = SqlTable(
-        lambda: sqlite3.connect(db_path, timeout=30), spec.get("table", "prompts"), dialect="sqlite"
+        lambda: sqlite3.connect(db_path, timeout=30),
+        spec.get("table", "prompts"),
+        dialect="sqlite",
+        claims=bool(spec.get("claims", True)),
     )
     shard = spec.get("shard")
     options = BatchOptions(

@@ -22,23 +22,34 @@ class SupportsCall(Protocol):
     ) -> DifyResult: ...
 
 
+_USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens", "total_price", "currency")
+
+
+def _result_fields(result: DifyResult | None) -> dict[str, Any]:
+    """What a Dify result (or the partial one of a failed run) contributes to a row's outcome."""
+    if result is None:
+        return {}
+    fields = {name: getattr(result.usage, name) for name in _USAGE_FIELDS}
+    fields["answer"] = result.answer
+    fields["latency_ms"] = result.latency_ms
+    fields["message_id"] = result.message_id or result.workflow_run_id
+    fields["conversation_id"] = result.conversation_id
+    return fields
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
 def outcome_from_result(row_id: Any, result: DifyResult, *, input_hash: str | None = None) -> RowOutcome:
-    usage = result.usage
+    attempts = getattr(result, "attempts", 1) or 1
     return RowOutcome(
-        row_id=row_id,
-        status=SUCCEEDED,
-        answer=result.answer,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        total_tokens=usage.total_tokens,
-        total_price=usage.total_price,
-        currency=usage.currency,
-        latency_ms=result.latency_ms,
-        message_id=result.message_id or result.workflow_run_id,
-        conversation_id=result.conversation_id,
-        answered_at=dt.datetime.now(dt.timezone.utc),
-        attempts=getattr(result, "attempts", 1) or 1,
+        row_id,
+        SUCCEEDED,
+        answered_at=_now(),
+        attempts=attempts,
         input_hash=input_hash,
+        **_result_fields(result),
     )
 
 
@@ -46,26 +57,18 @@ def outcome_from_error(row_id: Any, err: DifyError, *, input_hash: str | None = 
     message = str(err)
     if err.maybe_billed:
         message += " (the request may have run and been billed by Dify; not re-sent)"
-    partial: DifyResult | None = getattr(err, "result", None)
-    usage = partial.usage if partial is not None else None
     return RowOutcome(
-        row_id=row_id,
-        status=FAILED,
-        answer=partial.answer if partial is not None else None,
+        row_id,
+        FAILED,
         error=message[:MAX_ERROR_CHARS],
         error_code=err.code,
-        prompt_tokens=usage.prompt_tokens if usage else None,
-        completion_tokens=usage.completion_tokens if usage else None,
-        total_tokens=usage.total_tokens if usage else None,
-        total_price=usage.total_price if usage else None,
-        currency=usage.currency if usage else None,
-        message_id=(partial.message_id or partial.workflow_run_id) if partial is not None else None,
-        answered_at=dt.datetime.now(dt.timezone.utc),
+        answered_at=_now(),
         attempts=getattr(err, "attempts", 1) or 1,
         maybe_billed=err.maybe_billed,
         # Kept on failures too: redo="changed" re-asks a failed row only once its content changes
         # (redo="failed" retries it as is).
         input_hash=input_hash,
+        **_result_fields(err.result),
     )
 
 
@@ -99,12 +102,13 @@ def make_row_caller(
         except DifyError as err:
             return outcome_from_error(row_id, err, input_hash=prompt.input_hash)
         except Exception as exc:  # a bug must fail the row, not kill 999 other rows' results
+            error = f"internal_error: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
             return RowOutcome(
-                row_id=row_id,
-                status=FAILED,
-                error=f"internal_error: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS],
+                row_id,
+                FAILED,
+                error=error,
                 error_code="internal_error",
-                answered_at=dt.datetime.now(dt.timezone.utc),
+                answered_at=_now(),
                 input_hash=prompt.input_hash,
             )
         return outcome_from_result(row_id, result, input_hash=prompt.input_hash)

@@ -124,12 +124,7 @@ class BatchOptions:
 
     def selection(self) -> dict[str, Any]:
         """The row-selection arguments of a source's ``count_todo``/``iter_chunks``."""
-        return {
-            "redo": self.redo,
-            "where": self.where,
-            "where_parameters": self.where_parameters,
-            "shard": self.shard,
-        }
+        return {name: getattr(self, name) for name in ("redo", "where", "where_parameters", "shard")}
 
 
 def option_names() -> tuple[str, ...]:

@@ -8,20 +8,17 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from airflow_dify.outcome import SUCCEEDED, RowOutcome
+from airflow_dify.outcome import SUCCEEDED, RowOutcome, TokenTotals
 
 
 @dataclass
-class BatchSummary:
+class BatchSummary(TokenTotals):
     """Totals over the rows processed by one run. Prices stay Decimal until serialised."""
 
     rows_selected: int = 0
     succeeded: int = 0
     failed: int = 0
     maybe_billed: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
     price_by_currency: dict[str, Decimal] = field(default_factory=dict)
     error_codes: Counter[str] = field(default_factory=Counter)
     stopped: str | None = None  # None | "budget" | "killed"
@@ -56,9 +53,7 @@ class BatchSummary:
             self.error_codes[outcome.error_code or "error"] += 1
         if outcome.maybe_billed:
             self.maybe_billed += 1
-        self.prompt_tokens += outcome.prompt_tokens or 0
-        self.completion_tokens += outcome.completion_tokens or 0
-        self.total_tokens += outcome.total_tokens or 0
+        self.add_tokens(outcome.prompt_tokens, outcome.completion_tokens, outcome.total_tokens)
         if outcome.total_price is not None:
             cur = outcome.currency or "UNKNOWN"
             self.price_by_currency[cur] = self.price_by_currency.get(cur, Decimal(0)) + outcome.total_price
@@ -93,9 +88,7 @@ class BatchSummary:
             "succeeded": self.succeeded,
             "failed": self.failed,
             "maybe_billed": self.maybe_billed,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
+            **self.tokens(),
             "total_price": str(self.total_price),
             "currency": self.currency,
             "total_price_by_currency": {k: str(v) for k, v in sorted(self.price_by_currency.items())},

@@ -370,20 +370,12 @@ def _ms(started: float) -> int:
 
 
 def _body(inputs: dict[str, Any] | None, user: str, response_mode: str) -> dict[str, Any]:
-    """What every generation request carries (validated before anything is sent)."""
-    return {"inputs": inputs or {}, "user": _user(user), "response_mode": _mode(response_mode)}
-
-
-def _user(user: str) -> str:
+    """What every generation request carries, checked before anything is sent."""
     if not isinstance(user, str) or not user.strip():
         raise DifyConfigError("user is required: pass a stable end-user id, e.g. 'airflow-<dag_id>'")
-    return user
-
-
-def _mode(response_mode: str) -> str:
     if response_mode not in _RESPONSE_MODES:
         raise DifyConfigError(f"response_mode must be 'blocking' or 'streaming' (got {response_mode!r})")
-    return response_mode
+    return {"inputs": inputs or {}, "user": user, "response_mode": response_mode}
 
 
 def _trace_headers(trace_id: str | None) -> dict[str, str] | None:

@@ -37,15 +37,10 @@ class DifyError(AirflowDifyError):
     default_code = "error"
 
     def __init_subclass__(
-        cls,
-        *,
-        code: str | None = None,
-        retryable: bool | None = None,
-        maybe_billed: bool | None = None,
-        **kwargs: Any,
+        cls, *, code: str | None = None, retryable: bool | None = None, maybe_billed: bool | None = None
     ) -> None:
         """Subclasses declare their code and defaults in the class line: one place to read them."""
-        super().__init_subclass__(**kwargs)
+        super().__init_subclass__()
         if code is not None:
             cls.default_code = code
         if retryable is not None:
@@ -60,9 +55,9 @@ class DifyError(AirflowDifyError):
         status: int | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        attempts: int = 1,
         retryable: bool | None = None,
         maybe_billed: bool | None = None,
-        attempts: int = 1,
         result: DifyResult | None = None,
         workflow_run_id: str | None = None,
     ) -> None:

@@ -50,12 +50,7 @@ class RedisPool(ReservingPool):
     """
 
     def __init__(
-        self,
-        url: str,
-        settings: PoolSettings,
-        *,
-        clock: Clock | None = None,
-        sleep: Sleep | None = None,
+        self, url: str, settings: PoolSettings, *, clock: Clock | None = None, sleep: Sleep | None = None
     ) -> None:
         super().__init__(settings, clock=clock or time.monotonic, sleep=sleep or time.sleep)
         self._fixed_clock = clock is not None

@@ -66,12 +66,7 @@ class SqlitePool(ReservingPool):
     """
 
     def __init__(
-        self,
-        path: str,
-        settings: PoolSettings,
-        *,
-        clock: Clock | None = None,
-        sleep: Sleep | None = None,
+        self, path: str, settings: PoolSettings, *, clock: Clock | None = None, sleep: Sleep | None = None
     ) -> None:
         super().__init__(settings, clock=clock or time.time, sleep=sleep or time.sleep)
         if not os.path.isdir(os.path.dirname(path) or "/"):

@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from airflow_dify.outcome import FAILED, SUCCEEDED
+from airflow_dify.outcome import FAILED, SUCCEEDED, TokenTotals
 
 #: The currency of rows that carry no price (failed calls, workflow apps).
 NO_CURRENCY = ""
 
 
 @dataclass
-class DailyUsage:
+class DailyUsage(TokenTotals):
     """One summary row: what one table spent on one UTC day, in one currency."""
 
     date: dt.date
@@ -26,9 +26,6 @@ class DailyUsage:
     row_count: int = 0
     succeeded_count: int = 0
     failed_count: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
     total_price: Decimal = Decimal(0)
     p50_latency_ms: int | None = None
     p95_latency_ms: int | None = None
@@ -44,9 +41,7 @@ class DailyUsage:
             self.succeeded_count += 1
         elif status == FAILED:
             self.failed_count += 1
-        self.prompt_tokens += int(prompt or 0)
-        self.completion_tokens += int(completion or 0)
-        self.total_tokens += int(total or 0)
+        self.add_tokens(prompt, completion, total)
         if price is not None and price != "":
             # str() first: a REAL column on some engine would otherwise add binary float noise.
             self.total_price += price if isinstance(price, Decimal) else Decimal(str(price))

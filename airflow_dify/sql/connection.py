@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -141,23 +141,6 @@ class SqlConnection:
                 cur.execute(sql, params)
             count = cur.rowcount
         return count if isinstance(count, int) else -1
-
-    def executemany_commit(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
-        """Run ``sql`` for every row in one transaction; return the driver's rowcount (-1 unknown)."""
-        with self.lock:
-            conn, _ = self.get()
-            try:
-                cur = conn.cursor()
-                try:
-                    cur.executemany(sql, rows)
-                    updated = cur.rowcount
-                finally:
-                    cur.close()
-                conn.commit()
-            except Exception:
-                self.rollback_quietly()
-                raise
-            return updated if isinstance(updated, int) else -1
 
 
 def _md5_8(text: Any) -> int | None:

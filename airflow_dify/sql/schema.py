@@ -106,6 +106,40 @@ class Schema:
                 )
         return f"{setting}: {table!r} does not exist or cannot be read{hint}"
 
+    def require(self, table: str, wanted: Sequence[tuple[str, str]] = ()) -> Columns:
+        """The table's columns; SqlTableError naming the table or each missing ``(setting, name)``."""
+        cols = self.columns(table)
+        if cols is None:
+            raise SqlTableError(self.missing_table_message(table))
+        missing = [(setting, name) for setting, name in wanted if cols.find(name) is None]
+        if missing:
+            listed = ", ".join(f"{setting}={name!r}" for setting, name in missing)
+            hints = [f"{n!r} exists as {cols.other_case(n)!r}" for _, n in missing if cols.other_case(n)]
+            hint = (
+                f" ({'; '.join(hints)}: PostgreSQL folds unquoted names to lower case, pass them as stored)"
+            )
+            raise SqlTableError(f"table {table!r} has no column(s): {listed}{hint if hints else ''}")
+        return cols
+
+    def check_unique(self, table: str, q_table: str, id_column: str, q_id: str) -> None:
+        """SqlTableError when the id column has NULLs or duplicates (named with an example)."""
+        nulls = self.db.query(f"SELECT COUNT(*) FROM {q_table} WHERE {q_id} IS NULL")[0][0]
+        groups = (
+            f"SELECT {q_id} AS k FROM {q_table} WHERE {q_id} IS NOT NULL GROUP BY {q_id} HAVING COUNT(*) > 1"
+        )
+        dupes = self.db.query(f"SELECT COUNT(*) FROM ({groups}) d")[0][0]
+        if not nulls and not dupes:
+            return
+        problems = [f"{nulls} row(s) with NULL id"] if nulls else []
+        if dupes:
+            # No MIN(): it does not exist for every key type (PostgreSQL's uuid).
+            example = self.db.query(f"{groups} ORDER BY k LIMIT 1")[0][0]
+            problems.append(f"{dupes} id value(s) used by more than one row (e.g. {example!r})")
+        raise SqlTableError(
+            f"table {table!r}: id_column {id_column!r} must be unique and non-NULL; found "
+            + " and ".join(problems)
+        )
+
     # -- ownership --------------------------------------------------------------------------------
     def _registry(self) -> str:
         return self.db.dialect.quote(REGISTRY, "registry")

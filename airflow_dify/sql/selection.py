@@ -54,10 +54,10 @@ def _check_where(where: Any) -> str:
     return where
 
 
-def check_redo(redo: str) -> str:
+def check_redo(redo: str) -> None:
+    """ValueError naming the modes when ``redo`` is not one of them."""
     if redo not in REDO_MODES:
         raise ValueError(f"redo: {redo!r} is not one of {list(REDO_MODES)}")
-    return redo
 
 
 def status_terms(params: Params, redo: str, q_status: str | None) -> list[str]:

@@ -36,15 +36,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from airflow_dify.outcome import HASH_KEY, REDO_MODES, STATUS_KEY, ResultColumns, RowOutcome
-from airflow_dify.sql.claims import DEFAULT_LEASE_SECONDS, ClaimOwner, HeldClaims, batches
-from airflow_dify.sql.connection import SqlConnection, error_brief
+from airflow_dify.sql.claiming import Claimer
+from airflow_dify.sql.claims import DEFAULT_LEASE_SECONDS, ClaimOwner, HeldClaims
+from airflow_dify.sql.connection import SqlConnection
 from airflow_dify.sql.dialects import DIALECTS, Dialect, InvalidText, is_integer_type, quote_identifier
 from airflow_dify.sql.errors import SqlTableError, SqlWriteError
 from airflow_dify.sql.layout import CLAIM_FIELDS, ResultStore, TableNames
 from airflow_dify.sql.paging import keyset_pages
-from airflow_dify.sql.params import Params
 from airflow_dify.sql.schema import Schema
-from airflow_dify.sql.selection import Layout, Selection, check_redo, page_sql, status_terms
+from airflow_dify.sql.selection import Layout, Selection, check_redo, page_sql
 from airflow_dify.sql.writer import ResultWriter
 
 __all__ = [
@@ -155,7 +155,17 @@ class SqlTable:
             on_written=self._held.wrote,
         )
         self._integer_ids: bool | None = None
-        self._run_started = dt.datetime.now(dt.timezone.utc)
+        self._claimer = Claimer(
+            self._db,
+            self._q_store,
+            self._q_id,
+            self._q_claim["claimed_by"],
+            self._q_claim["claimed_until"],
+            self._q_result["answered_at"],
+            self.owner,
+            self._held,
+            dt.datetime.now(dt.timezone.utc),
+        )
         self._bind(read_columns, current_hash)
         #: Rows redo="changed" read but left alone because their content is unchanged.
         self.skipped_unchanged = 0
@@ -198,32 +208,13 @@ class SqlTable:
     # -- schema -------------------------------------------------------------------------------
     def existing_columns(self) -> list[str]:
         """Column names of the prompts table as the database reports them."""
-        cols = self._schema.columns(self.table)
-        if cols is None:
-            raise SqlTableError(self._schema.missing_table_message(self.table))
-        return list(cols.types)
+        return list(self._schema.require(self.table).types)
 
     def validate(self) -> None:
         """Raise SqlTableError if the table, the id column or a read column is missing."""
-        cols = self._schema.columns(self.table)
-        if cols is None:
-            raise SqlTableError(self._schema.missing_table_message(self.table))
         wanted = [("id_column", self.id_column)]
         wanted += [(f"read_columns[{i}]", c) for i, c in enumerate(self.read_columns)]
-        missing = [(setting, name) for setting, name in wanted if cols.find(name) is None]
-        if missing:
-            listed = ", ".join(f"{setting}={name!r}" for setting, name in missing)
-            hints = [
-                f"{name!r} exists as {cols.other_case(name)!r}"
-                for _, name in missing
-                if cols.other_case(name) is not None
-            ]
-            hint = (
-                f" ({'; '.join(hints)}: PostgreSQL folds unquoted names to lower case, pass them as stored)"
-                if hints
-                else ""
-            )
-            raise SqlTableError(f"table {self.table!r} has no column(s): {listed}{hint}")
+        cols = self._schema.require(self.table, wanted)
         self._integer_ids = is_integer_type(cols.type_of(self.id_column))
 
     def check_unique_ids(self) -> None:
@@ -232,22 +223,7 @@ class SqlTable:
         Keyset paging would skip rows sharing an id across a page edge, and the write-back
         ``WHERE id = ...`` would give every duplicate the same answer.
         """
-        t, i = self._q_table, self._q_id
-        nulls = self._db.query(f"SELECT COUNT(*) FROM {t} WHERE {i} IS NULL")[0][0]
-        groups = f"SELECT {i} AS k FROM {t} WHERE {i} IS NOT NULL GROUP BY {i} HAVING COUNT(*) > 1"
-        dupes = self._db.query(f"SELECT COUNT(*) FROM ({groups}) d")[0][0]
-        if nulls or dupes:
-            problems = []
-            if nulls:
-                problems.append(f"{nulls} row(s) with NULL id")
-            if dupes:
-                # No MIN(): it does not exist for every key type (PostgreSQL's uuid).
-                example = self._db.query(f"{groups} ORDER BY k LIMIT 1")[0][0]
-                problems.append(f"{dupes} id value(s) used by more than one row (e.g. {example!r})")
-            raise SqlTableError(
-                f"table {self.table!r}: id_column {self.id_column!r} must be unique and non-NULL; found "
-                + " and ".join(problems)
-            )
+        self._schema.check_unique(self.table, self._q_table, self.id_column, self._q_id)
 
     def ensure_result_columns(self) -> list[str]:
         """Create what results need (columns in place, or the results table); return names added.
@@ -388,95 +364,23 @@ class SqlTable:
             takeable = [r for r in fetched if self.owner.may_take(r[-2], r[-1], now)]
             self.skipped_claimed += len(fetched) - len(takeable)
             page = self._unchanged_dropped([dict(zip(keys, r[:-2], strict=True)) for r in takeable], redo)
-            got = self._claim(cur, [row[self.id_column] for row in page], redo, now) if page else set()
+            ids = [row[self.id_column] for row in page]
+            got = self._claimer.claim(cur, ids, redo, self._store.status_column(), now) if ids else set()
         self.skipped_claimed += len(page) - len(got)
         claimed = [row for row in page if row[self.id_column] in got]
         self._held.took(row[self.id_column] for row in claimed)
         full = len(fetched) >= chunk_size
         return claimed, fetched[-1][0], full
 
-    def _claimable_sql(self, params: Params, redo: str, now: float) -> str:
-        """Still takeable and still to do, re-checked under the row lock: another run may have
-        claimed, answered and released a row since this page was read."""
-        by, until = self._q_claim["claimed_by"], self._q_claim["claimed_until"]
-        free = (
-            f"({by} IS NULL OR {until} IS NULL OR {until} < {params.add(now)} "
-            f"OR {by} LIKE {params.add(self.owner.scope + ':%')})"
-        )
-        terms = [free, *status_terms(params, redo, self._store.status_column())]
-        answered = self._q_result["answered_at"]
-        started = self.dialect.adapt("answered_at", self._run_started)
-        terms.append(f"({answered} IS NULL OR {answered} < {params.add(started)})")
-        return " AND ".join(terms)
-
-    def _claim(self, cur: Any, ids: list[Any], redo: str, now: float) -> set[Any]:
-        """Claim ``ids`` for this run inside the page's transaction; return the ids now ours."""
-        d, i = self.dialect, self._q_id
-        by, until = self._q_claim["claimed_by"], self._q_claim["claimed_until"]
-        params = Params(d, None)
-        owner, lease = params.add(self.owner.token), params.add(self._held.until())
-        mark = f"UPDATE {self._q_store} SET {by} = {owner}, {until} = {lease}"
-        if d.name == "sqlite":  # BEGIN IMMEDIATE holds the write lock since the page was read
-            cur.execute(f"{mark} WHERE {i} IN ({params.many(ids)})", params.values)
-            return set(ids)
-        # Placeholders are added in the order they appear in the text.
-        if d.skip_locked:
-            lock = Params(d, None)
-            in_ids = lock.many(ids)
-            cond = self._claimable_sql(lock, redo, now)
-            cur.execute(
-                f"SELECT {i} FROM {self._q_store} WHERE {i} IN ({in_ids}) AND {cond}{d.skip_locked}",
-                lock.values,
-            )
-            got = [r[0] for r in cur.fetchall()]
-            if got:
-                cur.execute(f"{mark} WHERE {i} IN ({params.many(got)})", params.values)
-            return set(got)
-        in_ids = params.many(ids)  # generic: optimistic, then read back which rows are ours
-        cond = self._claimable_sql(params, redo, now)
-        cur.execute(f"{mark} WHERE {i} IN ({in_ids}) AND {cond}", params.values)
-        check = Params(d, None)
-        mine = f"{i} IN ({check.many(ids)}) AND {by} = {check.add(self.owner.token)}"
-        cur.execute(f"SELECT {i} FROM {self._q_store} WHERE {mine}", check.values)
-        return {r[0] for r in cur.fetchall()}
-
     # -- claims while running -------------------------------------------------------------------
     def heartbeat(self) -> None:
         """Renew the lease of this run's unwritten claims when a third of it has passed."""
-        if not self._held.due():
-            return
-        ids = self._held.renewing()
-        by, until = self._q_claim["claimed_by"], self._q_claim["claimed_until"]
-        for part in batches(ids):
-            params = Params(self.dialect, None)
-            self._db.execute_commit(
-                f"UPDATE {self._q_store} SET {until} = {params.add(self._held.until())} "
-                f"WHERE {by} = {params.add(self.owner.token)} AND {self._q_id} IN ({params.many(part)})",
-                params.values,
-            )
+        self._claimer.heartbeat()
 
     def release(self) -> None:
         """Give back claims on rows this run took but never wrote (stopped, budget, killed)."""
-        ids = list(self._held.ids)
-        if not ids or not self.claims:
-            return
-        by, until = self._q_claim["claimed_by"], self._q_claim["claimed_until"]
-        try:
-            for part in batches(ids):
-                params = Params(self.dialect, None)
-                self._db.execute_commit(
-                    f"UPDATE {self._q_store} SET {until} = NULL, {by} = NULL "
-                    f"WHERE {by} = {params.add(self.owner.token)} AND {self._q_id} IN ({params.many(part)})",
-                    params.values,
-                )
-            self._held.wrote(ids)
-        except Exception as exc:  # noqa: BLE001 - the leases expire by themselves
-            log.warning(
-                "table %s: releasing %d claim(s) failed (%s); they expire",
-                self.table,
-                len(ids),
-                error_brief(exc),
-            )
+        if self.claims:
+            self._claimer.release(self.table)
 
     # -- writing ------------------------------------------------------------------------------
     def write_results(self, outcomes: Sequence[RowOutcome]) -> None:

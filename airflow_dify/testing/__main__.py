@@ -19,7 +19,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8089, help="0 picks a free port")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per generation call")
     parser.add_argument("--max-active-requests", type=int, default=0, help="per-app concurrency cap")
-    parser.add_argument("--rpm", type=int, default=0, help="per-app requests per minute")
+    parser.add_argument(
+        "--rpm", dest="requests_per_minute", type=int, default=0, help="per-app requests per minute"
+    )
     parser.add_argument("--token-ttl", type=float, default=3600, help="OAuth2 access-token lifetime (s)")
     parser.add_argument(
         "--max-records",
@@ -39,6 +41,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Flags passed to FakeDify under the same name.
+_SERVER_OPTIONS = (
+    "host",
+    "port",
+    "latency",
+    "max_active_requests",
+    "requests_per_minute",
+    "token_ttl",
+    "max_records",
+)
+
+
 def connection_env(fake: FakeDify, mode: str = "chat") -> str:
     """``AIRFLOW_CONN_DIFY_DEFAULT=<json>`` pointing at the app of ``mode``."""
     conn = {
@@ -52,16 +66,8 @@ def connection_env(fake: FakeDify, mode: str = "chat") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    fake = FakeDify(
-        apps=[FakeApp(mode=mode, key=args.chat_key if mode == "chat" else None) for mode in DEFAULT_MODES],
-        host=args.host,
-        port=args.port,
-        latency=args.latency,
-        max_active_requests=args.max_active_requests,
-        requests_per_minute=args.rpm,
-        token_ttl=args.token_ttl,
-        max_records=args.max_records,
-    )
+    apps = [FakeApp(mode=mode, key=args.chat_key if mode == "chat" else None) for mode in DEFAULT_MODES]
+    fake = FakeDify(apps=apps, **{name: getattr(args, name) for name in _SERVER_OPTIONS})
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -41,8 +41,8 @@ class Response:
     """A whole answer. The server adds Content-Length, Date, Server and (``close``) Connection."""
 
     status: int
-    headers: Mapping[str, str]
     body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
     close: bool = False
 
 
@@ -59,8 +59,8 @@ class Stream:
     """A streamed answer without Content-Length: its end is the end of the connection."""
 
     status: int
-    headers: Mapping[str, str]
     frames: tuple[Frame, ...]
+    headers: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)

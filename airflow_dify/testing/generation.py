@@ -216,7 +216,7 @@ def _stream(state: FakeState, ex: Exchange, job: Job) -> Reply:
     ex.status = 200
     step = job.latency / max(1, len(events))
     frames = (Frame(0.0, sse.PING), *(Frame(step, sse.frame(event)) for event in events))
-    return Reply(Stream(200, SSE_HEADERS, frames), job.stall, ex)
+    return Reply(Stream(200, frames, SSE_HEADERS), job.stall, ex)
 
 
 def _stream_error(task_id: str | None, fault: Fault) -> dict[str, Any]:

@@ -60,7 +60,7 @@ class Reject(Exception):
 
 def raw_reply(ex: Exchange | None, status: int, body: bytes, content_type: str, delay: float = 0.0) -> Reply:
     """``body`` as it is, after ``delay``; the record (when logged) keeps its response as set."""
-    return _reply(ex, Response(status, {"Content-Type": content_type}, body), delay)
+    return _reply(ex, Response(status, body, {"Content-Type": content_type}), delay)
 
 
 def json_reply(
@@ -74,7 +74,7 @@ def json_reply(
     """``body`` as JSON, after ``delay``; it is also the record's response (when logged)."""
     if ex is not None:
         ex.response = body
-    response = Response(status, {"Content-Type": JSON, **(headers or {})}, json.dumps(body).encode(), close)
+    response = Response(status, json.dumps(body).encode(), {"Content-Type": JSON, **(headers or {})}, close)
     return _reply(ex, response, delay)
 
 

@@ -65,7 +65,7 @@ def test_answer_is_committed_before_its_bytes_and_closed_after(
 ) -> None:
     stub, server = served
     settled = Settled()
-    stub.replies.append(Reply(Response(201, {"Content-Type": "text/plain", "X-A": "1"}, b"hi"), 0.1, settled))
+    stub.replies.append(Reply(Response(201, b"hi", {"Content-Type": "text/plain", "X-A": "1"}), 0.1, settled))
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     started = time.monotonic()
     conn.request("POST", "/v1/x?y=1", body=b"payload", headers={"X-Trace-Id": "t"})
@@ -85,7 +85,7 @@ def test_stream_sends_frames_when_due_and_closes(served: tuple[Stub, ThreadedHTT
     stub, server = served
     settled = Settled()
     frames = (Frame(0.0, b"a\n"), Frame(0.0, b"b\n"), Frame(0.5, b"c\n"))
-    stub.replies.append(Reply(Stream(200, {"Content-Type": "text/event-stream"}, frames), 0.0, settled))
+    stub.replies.append(Reply(Stream(200, frames, {"Content-Type": "text/event-stream"}), 0.0, settled))
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     conn.request("GET", "/")
     resp = conn.getresponse()
@@ -111,7 +111,7 @@ def test_reset_sends_rst_and_nothing_else(served: tuple[Stub, ThreadedHTTPServer
 
 def test_stop_wakes_a_delayed_reply() -> None:
     settled = Settled()
-    server = ThreadedHTTPServer(("127.0.0.1", 0), lambda _: Reply(Response(200, {}, b""), 30.0, settled))
+    server = ThreadedHTTPServer(("127.0.0.1", 0), lambda _: Reply(Response(200, b""), 30.0, settled))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
