@@ -103,6 +103,8 @@ class RowOutcome:
     maybe_billed: bool = False
     #: The row's status before this run (from the source): a failure never replaces a success.
     prior_status: str | None = None
+    #: "systemic" or "unavailable" when the error is not this row's own (see batch/breaker.py).
+    failure: str | None = None
 
     def column_values(self) -> dict[str, Any]:
         """Logical field -> value, for the fields that are columns (see ResultColumns)."""

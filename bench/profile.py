@@ -110,6 +110,9 @@ class _Client:
 
         return AppInfo(name="bench", mode="chat")
 
+    def parameters(self) -> dict[str, Any]:
+        return {"user_input_form": []}
+
     def call(self, *args: Any, **kwargs: Any) -> Any:
         return self._call(*args, **kwargs)
 

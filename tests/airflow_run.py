@@ -109,7 +109,7 @@ def run_dag_processes(
     date, so each is a different DAG run. Returns (exit code, output tail, summary XCom) each.
     """
     write_dag(dag_id, operator_kwargs)
-    source = Path(os.environ["AIRFLOW_HOME"]) / "airflow.db"
+    source = Path(os.environ["DIFY_TEST_METADATA_TEMPLATE"])  # the metadata_template fixture
     procs = []
     for i, home in enumerate(homes):
         home.mkdir(parents=True, exist_ok=True)

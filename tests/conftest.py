@@ -55,6 +55,23 @@ def airflow_home() -> Path:
 
 
 @pytest.fixture(scope="session")
+def metadata_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated metadata DB no process keeps open: copied for each ``airflow ... test`` process.
+
+    Copying the session's own DB while it is in use (WAL mode) can tear the copy or race with a
+    checkpoint; this one is written once, then only read.
+    """
+    home = tmp_path_factory.mktemp("metadata_template")
+    env = {**os.environ, "AIRFLOW_HOME": str(home)}
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{home / 'airflow.db'}"
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, env=env
+    )
+    os.environ["DIFY_TEST_METADATA_TEMPLATE"] = str(home / "airflow.db")
+    return home / "airflow.db"
+
+
+@pytest.fixture(scope="session")
 def airflow_db(airflow_home: Path) -> Path:
     """A migrated metadata DB (SQLite) for dag.test() runs."""
     subprocess.run(

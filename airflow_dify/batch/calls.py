@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
+from airflow_dify.batch.breaker import classify
 from airflow_dify.batch.errors import RowError
 from airflow_dify.batch.rows import PromptBuilder, failed_outcome
 from airflow_dify.client.errors import DifyError
@@ -65,6 +66,7 @@ def outcome_from_error(row_id: Any, err: DifyError, *, input_hash: str | None = 
         answered_at=_now(),
         attempts=getattr(err, "attempts", 1) or 1,
         maybe_billed=err.maybe_billed,
+        failure=classify(err),
         # Kept on failures too: redo="changed" re-asks a failed row only once its content changes
         # (redo="failed" retries it as is).
         input_hash=input_hash,

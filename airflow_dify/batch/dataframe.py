@@ -22,7 +22,7 @@ import pandas as pd
 
 from airflow_dify.batch.engine import StopSignal
 from airflow_dify.batch.options import BatchOptions
-from airflow_dify.batch.run import SupportsInfo, run_batch
+from airflow_dify.batch.run import SupportsBatch, run_batch
 from airflow_dify.batch.summary import BatchSummary
 from airflow_dify.outcome import FAILED, HASH_KEY, REDO_MODES, STATUS_KEY, ResultColumns, RowOutcome
 
@@ -191,7 +191,7 @@ class FrameRows:
 
 def answer_dataframe(
     df: pd.DataFrame,
-    client: SupportsInfo,
+    client: SupportsBatch,
     options: BatchOptions | None = None,
     *,
     stop: StopSignal | None = None,

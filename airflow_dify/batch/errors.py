@@ -16,4 +16,8 @@ class RowError(AirflowDifyError, ValueError):
         super().__init__(message)
 
 
-__all__ = ["RowError"]
+class PreflightError(AirflowDifyError, ValueError):
+    """A check before the first generation call failed: nothing was called or written."""
+
+
+__all__ = ["PreflightError", "RowError"]

@@ -56,6 +56,8 @@ class BatchOptions:
     :param max_total_price: budget cap in money (decimal string or number).
     :param max_failed_ratio: the caller fails when failed/processed exceeds it (None = never).
     :param resend_maybe_billed: re-send calls that may already have run and been billed.
+    :param outage_seconds: stop when no call has reached Dify for this long (rows stay pending).
+    :param breaker_threshold: stop after this many errors every row would get (401/403: the first).
     :param progress_seconds: seconds between progress log lines.
     """
 
@@ -81,6 +83,8 @@ class BatchOptions:
     max_total_price: Decimal | None = None
     max_failed_ratio: float | None = 0.0
     resend_maybe_billed: bool = False
+    outage_seconds: float = 60.0
+    breaker_threshold: int = 3
     progress_seconds: float = 5.0
 
     def __post_init__(self) -> None:

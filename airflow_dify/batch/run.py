@@ -15,13 +15,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import chain
 from typing import Any, Protocol
 
+from airflow_dify.batch.breaker import CircuitBreaker
 from airflow_dify.batch.budget import BudgetGuard
 from airflow_dify.batch.calls import SupportsCall, make_row_caller
 from airflow_dify.batch.engine import CallPool, StopSignal
 from airflow_dify.batch.options import BatchOptions
+from airflow_dify.batch.preflight import SupportsInfo, preflight
 from airflow_dify.batch.rows import PromptBuilder
 from airflow_dify.batch.summary import BatchSummary, ProgressReporter
-from airflow_dify.client.models import MODE_FAMILY, AppInfo
 from airflow_dify.outcome import RowOutcome
 
 log = logging.getLogger("airflow_dify.batch")
@@ -55,26 +56,14 @@ class ResultSink(Protocol):
     def write_results(self, outcomes: Sequence[RowOutcome]) -> None: ...
 
 
-class SupportsInfo(SupportsCall, Protocol):
-    def info(self) -> AppInfo: ...
-
-
-def resolve_app_mode(client: SupportsInfo, app_mode: str | None, logger: Any = log) -> str:
-    """The app's Dify mode: the one given, else what GET /info reports (costs no tokens)."""
-    mode = app_mode
-    if mode is None:
-        info = client.info()
-        logger.info("Dify app %r reports mode %r", info.name, info.mode)
-        mode = info.mode
-    if mode not in MODE_FAMILY:
-        raise ValueError(f"Dify app mode {mode!r} is not supported (expected one of {sorted(MODE_FAMILY)})")
-    return mode
+class SupportsBatch(SupportsCall, SupportsInfo, Protocol):
+    """What a batch needs of a client: generation calls and the two pre-flight GETs."""
 
 
 def run_batch(
     source: RowSource,
     sink: ResultSink,
-    client: SupportsInfo,
+    client: SupportsBatch,
     options: BatchOptions,
     *,
     stop: StopSignal | None = None,
@@ -86,7 +75,7 @@ def run_batch(
     bad settings and unusable tables raise before the first call.
     """
     logger = logger or log
-    mode = resolve_app_mode(client, options.app_mode, logger)
+    mode = preflight(client, options.app_mode, options.input_columns, logger)
     builder = PromptBuilder.for_options(options, mode, source.id_column)
     source.prepare(builder.read_columns, builder.current_hash)
     logger.info(
@@ -145,6 +134,7 @@ def drive(
     progress = ProgressReporter(logger, summary, options.progress_seconds)
     rows = chain.from_iterable(source.iter_chunks(options.chunk_size, **select))
     calls = CallPool(call_row, max_concurrency=options.concurrency, stop=stop, may_start=may_start)
+    breaker = CircuitBreaker(threshold=options.breaker_threshold, outage_seconds=options.outage_seconds)
     try:
         while True:
             calls.fill(rows)
@@ -152,18 +142,25 @@ def drive(
                 break
             outcomes = calls.wait(timeout=0.5)
             if outcomes:
-                sink.write_results(outcomes)
+                saved = [o for o in outcomes if not breaker.holds_back(o)]
+                if saved:
+                    sink.write_results(saved)
                 calls.release(len(outcomes))
-                for outcome in outcomes:
+                for outcome in saved:
                     summary.add(outcome)
+                summary.left_pending += len(outcomes) - len(saved)
+                if breaker.trip is not None:
+                    stop.stop("breaker")
             source.heartbeat()
             progress.tick()
     finally:
         calls.close()
     summary.stopped = stop.reason if stop.reason not in (None, "closed") else None
+    if breaker.trip is not None:
+        summary.stopped_reason = breaker.message(summary.rows_selected - summary.processed)
     summary.finished = time.monotonic()
     progress.final()
     return summary
 
 
-__all__ = ["ResultSink", "RowSource", "drive", "resolve_app_mode", "run_batch"]
+__all__ = ["ResultSink", "RowSource", "SupportsBatch", "drive", "run_batch"]

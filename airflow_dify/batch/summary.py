@@ -28,6 +28,8 @@ class BatchSummary(TokenTotals):
     skipped_unchanged: int | None = None
     #: Rows passed over because another live run had claimed them.
     skipped_claimed: int = 0
+    #: Rows called but left pending: the error was not theirs (see batch/breaker.py).
+    left_pending: int = 0
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
 
@@ -95,6 +97,7 @@ class BatchSummary(TokenTotals):
             "error_codes": dict(self.error_codes.most_common()),
             "stopped": self.stopped,
             "skipped_claimed": self.skipped_claimed,
+            "left_pending": self.left_pending,
             "elapsed_seconds": round(elapsed, 3),
             "rows_per_second": round(self.processed / elapsed, 3) if elapsed > 0 else None,
             **({"stopped_reason": self.stopped_reason} if self.stopped_reason is not None else {}),

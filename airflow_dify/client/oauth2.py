@@ -150,6 +150,11 @@ class OAuth2ClientCredentials:
             self._announce(current.value)
         return current.value
 
+    def seconds_left(self) -> float | None:
+        """How long the cached token stays valid (None: none cached); for diagnostics."""
+        current = _cache.get(self._key)
+        return None if current is None else max(0.0, current.expires_at - time.monotonic())
+
     def invalidate(self) -> None:
         with self._lock:
             _cache.pop(self._key, None)

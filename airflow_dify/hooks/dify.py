@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 
-from airflow_dify.client import (
-    ApiKeyAuth,
-    DifyClient,
-    DifyError,
-    OAuth2ClientCredentials,
-    RetryPolicy,
-)
+from airflow_dify.client import DifyClient, DifyError
 from airflow_dify.client.errors import (
     DifyAuthError,
     DifyConfigError,
@@ -22,12 +17,51 @@ from airflow_dify.client.errors import (
     DifyNotFoundError,
     DifyTransportError,
 )
-from airflow_dify.limits import open_pool
+from airflow_dify.clients import client_for, pool_for
 from airflow_dify.settings import EXTRAS, ConnectionSettings, parse_settings
 
 if TYPE_CHECKING:
     from airflow_dify.client.models import AppInfo, DifyResult
     from airflow_dify.limits.base import RateLimitPool
+
+_masked: set[int] = set()
+
+
+def _extras(extra: str | None) -> dict[str, Any] | str:
+    """The extra JSON as a dict; text that is not JSON goes to the parser, which names the error."""
+    if not extra:
+        return {}
+    try:
+        value = json.loads(extra)
+    except ValueError:
+        return extra
+    return value if isinstance(value, dict) else extra
+
+
+def mask_locally(secret: str) -> None:
+    """Mask ``secret`` in this task's logs without ever printing it, once per process.
+
+    Airflow's ``mask_secret`` also sends the value to the supervisor; the in-process supervisor of
+    ``airflow dags test`` / ``airflow tasks test`` logs that message at DEBUG, secret included
+    (task SDK 1.3, ``InProcessSupervisorComms.send``). There the task's own masker is the one that
+    redacts output, so it is given the value directly; with a real supervisor (which omits the
+    value from its DEBUG line) ``mask_secret`` is right and is used.
+    """
+    if not secret or hash(secret) in _masked:
+        return
+    _masked.add(hash(secret))
+    try:
+        from airflow.sdk._shared.secrets_masker import mask_secret as in_process
+        from airflow.sdk.execution_time import task_runner
+    except ImportError:  # another task SDK layout: the public call
+        mask_secret(secret)
+        return
+    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    if comms is not None and type(comms).__name__ == "InProcessSupervisorComms":
+        in_process(secret)
+    else:
+        mask_secret(secret)
+
 
 # What the Test button says per failure, most specific class first: the user's next step, in words.
 _TEST_ANSWERS: tuple[tuple[type[DifyError], str], ...] = (
@@ -64,16 +98,17 @@ class DifyHook(BaseHook):
     def settings(self) -> ConnectionSettings:
         """The connection, parsed and normalised once; every other method reads these values."""
         conn = self.get_connection(self.dify_conn_id)
-        extras = conn.extra_dejson or {}
-        # Airflow masks the password and the extra JSON as a whole, not each extra value, nor the
-        # normalised forms (a key pasted with "Bearer " is sent without it): mask both.
-        raw = [conn.password, *(extras.get(s.name) for s in EXTRAS if s.secret)]
-        for secret in raw:
-            if isinstance(secret, str) and secret.strip():
-                mask_secret(secret)
+        # Not conn.extra_dejson: each call of it registers the extras for masking once more, and
+        # the in-process supervisor prints every registration at DEBUG.
+        extras = _extras(conn.extra)
+        # Airflow masks the password and the extra JSON as a whole (when it fetches the connection),
+        # not each extra value, nor the normalised forms (a key pasted with "Bearer " is sent
+        # without it): those are masked here.
+        raw = [extras.get(s.name) for s in EXTRAS if s.secret] if isinstance(extras, dict) else []
         settings = parse_settings(conn.host, conn.password, extras)
-        for secret in settings.secrets:
-            mask_secret(secret)
+        for secret in [*raw, *settings.secrets]:
+            if isinstance(secret, str) and secret.strip() and secret != conn.password:
+                mask_locally(secret)
         if settings.unknown_extras:
             self.log.warning(
                 "Connection %s: ignoring unknown extra field(s) %s",
@@ -81,23 +116,6 @@ class DifyHook(BaseHook):
                 list(settings.unknown_extras),
             )
         return settings
-
-    def _auth(self) -> ApiKeyAuth | OAuth2ClientCredentials:
-        s = self.settings
-        if s.auth_type == "oauth2":
-            # parse_settings refuses oauth2 without these; the assert tells the type checker.
-            assert s.token_url and s.client_id and s.client_secret
-            return OAuth2ClientCredentials(
-                s.token_url,
-                s.client_id,
-                s.client_secret,
-                scope=s.scope,
-                audience=s.audience,
-                client_auth=s.client_auth,
-                verify_ssl=s.verify_ssl,
-                on_token=mask_secret,
-            )
-        return ApiKeyAuth(s.api_key)
 
     def get_pool(
         self,
@@ -109,12 +127,14 @@ class DifyHook(BaseHook):
         backend: str | None = None,
     ) -> RateLimitPool:
         """The connection's shared budget, optionally tightened (never loosened) by the caller."""
-        pool_settings = self.settings.pool_settings(pool_name).tightened(
+        return pool_for(
+            self.settings,
             max_concurrency=max_concurrency,
             requests_per_minute=requests_per_minute,
             tokens_per_minute=tokens_per_minute,
+            pool_name=pool_name,
+            backend=backend,
         )
-        return open_pool(backend or self.settings.rate_limit_backend, pool_settings)
 
     def get_client(
         self,
@@ -123,22 +143,14 @@ class DifyHook(BaseHook):
         pool_size: int | None = None,
         resend_maybe_billed: bool = False,
     ) -> DifyClient:
-        """A new client (own HTTP session) using ``pool`` for every attempt.
-
-        ``resend_maybe_billed`` is off by default: after a timeout or 504 Dify may still be
-        running (and billing) the request, so it is reported instead of paid for twice.
-        """
-        s = self.settings
-        client = DifyClient(
-            s.base_url,
-            self._auth(),
-            timeout=(s.connect_timeout, s.timeout),
-            verify_ssl=s.verify_ssl,
-            pool_size=pool_size or max(s.max_concurrency or 0, 16),
-            retry=RetryPolicy(
-                max_attempts=self._max_attempts or s.max_attempts, resend_maybe_billed=resend_maybe_billed
-            ),
+        """A new client (own connections) using ``pool`` for every attempt; see :func:`client_for`."""
+        client = client_for(
+            self.settings,
             pool=pool,
+            pool_size=pool_size,
+            max_attempts=self._max_attempts,
+            resend_maybe_billed=resend_maybe_billed,
+            on_token=mask_locally,
         )
         self._clients.append(client)
         return client

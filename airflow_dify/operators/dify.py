@@ -84,6 +84,9 @@ class DifyBatchOperator(BaseOperator):
         stream is recovered with GET /workflows/run/{id} instead of running the workflow again.
     :param resend_maybe_billed: re-send a call after a timeout/504, when Dify may already have
         run and billed it (default False: the row fails with an error that says so).
+    :param outage_seconds: stop when no call has reached Dify for this many seconds; the rows not
+        answered stay pending and the task fails naming the cause (also on a revoked key, a
+        disabled app or an exhausted quota, which stop it at once).
     """
 
     template_fields: Sequence[str] = (
@@ -133,6 +136,7 @@ class DifyBatchOperator(BaseOperator):
         shard_count: int | None = None,
         response_mode: str | None = None,
         resend_maybe_billed: bool = False,
+        outage_seconds: float = 60.0,
         **kwargs: Any,
     ) -> None:
         if "outlets" not in kwargs:  # an explicit outlets (even []) wins over the derived Asset

@@ -14,8 +14,15 @@ class DifyBatchKilledError(AirflowDifyError, RuntimeError):
     """The task was killed mid-run; finished rows are saved, the rest stay pending for a retry."""
 
 
+class DifyBatchStoppedError(DifyBatchFailedError):
+    """An error every remaining row would get too (a revoked key, a quota, Dify down): the run
+    stopped early; finished rows are saved, the rest stay pending for a run after the fix."""
+
+
 def raise_for_summary(summary: BatchSummary, max_failed_ratio: float | None) -> None:
     """Fail the task after a kill, or when more rows failed than allowed (all results are saved)."""
+    if summary.stopped == "breaker":
+        raise DifyBatchStoppedError(summary.stopped_reason or "stopped by the circuit breaker")
     if summary.stopped == "killed":
         raise DifyBatchKilledError(
             f"Killed: {summary.processed:,} finished row(s) saved, "
@@ -29,4 +36,4 @@ def raise_for_summary(summary: BatchSummary, max_failed_ratio: float | None) -> 
         )
 
 
-__all__ = ["DifyBatchFailedError", "DifyBatchKilledError", "raise_for_summary"]
+__all__ = ["DifyBatchFailedError", "DifyBatchKilledError", "DifyBatchStoppedError", "raise_for_summary"]

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from airflow_dify.testing.apps import DEFAULT_MODES, FakeApp
+from airflow_dify.testing.apps import DEFAULT_FORMS, DEFAULT_MODES, FakeApp
 from airflow_dify.testing.fake import FakeDify
 
 
@@ -66,7 +66,10 @@ def connection_env(fake: FakeDify, mode: str = "chat") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    apps = [FakeApp(mode=mode, key=args.chat_key if mode == "chat" else None) for mode in DEFAULT_MODES]
+    apps = [
+        FakeApp(mode=mode, key=args.chat_key if mode == "chat" else None, inputs=DEFAULT_FORMS[mode])
+        for mode in DEFAULT_MODES
+    ]
     fake = FakeDify(apps=apps, **{name: getattr(args, name) for name in _SERVER_OPTIONS})
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -81,6 +81,16 @@ class FakeApp:
         return out
 
 
+#: The input forms of the default apps: optional text inputs, like a typical app's.
+DEFAULT_FORMS: dict[str, tuple[str, ...]] = {
+    "chat": ("language",),
+    "advanced-chat": ("language",),
+    "agent-chat": ("language",),
+    "completion": ("language", "topic"),
+    "workflow": ("question", "day"),
+}
+
+
 def default_apps() -> list[FakeApp]:
-    """One app per mode the fake supports."""
-    return [FakeApp(mode=mode) for mode in DEFAULT_MODES]
+    """One app per mode the fake supports, each with its default input form."""
+    return [FakeApp(mode=mode, inputs=DEFAULT_FORMS[mode]) for mode in DEFAULT_MODES]

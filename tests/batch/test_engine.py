@@ -72,6 +72,9 @@ class ScriptedClient:
     def info(self) -> AppInfo:
         return AppInfo(name="scripted", mode="chat")
 
+    def parameters(self) -> dict[str, Any]:
+        return {"user_input_form": []}
+
     def call(self, family: str, *, query: str | None, **_: Any) -> DifyResult:
         assert query is not None
         with self.lock:

@@ -18,7 +18,7 @@ from airflow_dify.testing import FakeDify, Fault
 from tests.airflow_run import run_batch_dag, run_dag_processes, run_mapped_dag
 from tests.sql_fixtures import SqlDb, unique_table
 
-pytestmark = pytest.mark.usefixtures("airflow_db", "dify_conn")
+pytestmark = pytest.mark.usefixtures("airflow_db", "metadata_template", "dify_conn")
 
 GENERATION = {"/chat-messages", "/completion-messages", "/workflows/run"}
 

@@ -44,6 +44,9 @@ class _CountingClient:
     def info(self) -> Any:
         return self._client.info()
 
+    def parameters(self) -> Any:
+        return self._client.parameters()
+
     def call(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return self._client.call(*args, **kwargs)
