@@ -117,24 +117,11 @@ class DifyHook(BaseHook):
             )
         return settings
 
-    def get_pool(
-        self,
-        *,
-        max_concurrency: int | None = None,
-        requests_per_minute: float | None = None,
-        tokens_per_minute: int | None = None,
-        pool_name: str | None = None,
-        backend: str | None = None,
-    ) -> RateLimitPool:
-        """The connection's shared budget, optionally tightened (never loosened) by the caller."""
-        return pool_for(
-            self.settings,
-            max_concurrency=max_concurrency,
-            requests_per_minute=requests_per_minute,
-            tokens_per_minute=tokens_per_minute,
-            pool_name=pool_name,
-            backend=backend,
-        )
+    def get_pool(self, **limits: Any) -> RateLimitPool:
+        """The connection's shared budget; ``limits`` are :func:`~airflow_dify.clients.pool_for`'s
+        (``max_concurrency``, ``requests_per_minute``, ``tokens_per_minute``: tighten only;
+        ``pool_name``, ``backend``)."""
+        return pool_for(self.settings, **limits)
 
     def get_client(
         self,
