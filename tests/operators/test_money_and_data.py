@@ -135,14 +135,21 @@ def test_a_redo_that_fails_everywhere_keeps_every_answer(sql_db: SqlDb, fake_dif
         state, _ = run_batch_dag(f"redo_keep_{sql_db.kind}", **kwargs(table))
         assert state == "success"
         before = sql_db.query(f"SELECT {cols} FROM {table} ORDER BY id")
+        # Quota errors: the breaker stops the run; nothing is written, every answer stays.
         fake_dify.faults.add(Fault("status", status=429, code="rate_limit_error", message="quota"))
+        state, summary = run_batch_dag(f"redo_quota_{sql_db.kind}", **kwargs(table, redo="all"))
+        assert state == "failed" and summary["stopped"] == "breaker"
+        assert sql_db.query(f"SELECT {cols} FROM {table} ORDER BY id") == before
+        # Row errors on every call: each attempt is recorded, every answer and price stays.
+        fake_dify.faults.clear()
+        fake_dify.faults.add(Fault("status", status=400, code="invalid_param", message="rejected"))
         state, summary = run_batch_dag(
             f"redo_keep_all_{sql_db.kind}", **kwargs(table, redo="all", max_failed_ratio=1)
         )
         assert state == "success" and summary["failed"] == 100
         assert sql_db.query(f"SELECT {cols} FROM {table} ORDER BY id") == before
         errors = sql_db.query(f"SELECT error FROM {table}")
-        assert all("rate_limit_error" in e for (e,) in errors)  # the failed attempt is recorded
+        assert all("invalid_param" in e for (e,) in errors)  # the failed attempt is recorded
     finally:
         sql_db.drop(table)
 
