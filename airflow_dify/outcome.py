@@ -7,6 +7,7 @@ imports the other.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from decimal import Decimal
 from typing import Any
@@ -39,6 +40,8 @@ class ResultColumns:
     conversation_id: str = "conversation_id"
     answered_at: str = "answered_at"
     attempts: str = "attempts"
+    #: The published workflow version that answered (workflow and chatflow apps).
+    workflow_id: str = "workflow_id"
     #: sha256 of what was sent (app family, query, inputs): lets redo="changed" find edited rows.
     input_hash: str = "input_hash"
 
@@ -96,6 +99,7 @@ class RowOutcome:
     conversation_id: str | None = None
     answered_at: dt.datetime | None = None  # timezone-aware UTC
     attempts: int = 1
+    workflow_id: str | None = None
     input_hash: str | None = None  # None when the row could not be turned into a request
     #: Dify error code for summaries ("too_many_requests", "invalid_param", ...); not a column.
     error_code: str | None = None
@@ -105,6 +109,19 @@ class RowOutcome:
     prior_status: str | None = None
     #: "systemic" or "unavailable" when the error is not this row's own (see batch/breaker.py).
     failure: str | None = None
+    #: Output column -> value, when the batch maps outputs to columns (see batch/outputs.py).
+    outputs: Mapping[str, Any] | None = None
+
+    @property
+    def keeps_prior_answer(self) -> bool:
+        """A failed call on a row that already has an answer: sinks record only the attempt.
+
+        Not when the failure is the new answer itself (``invalid_output``): that answer was paid
+        for and asked for, so it is stored, raw, with the reason.
+        """
+        return (
+            self.status == FAILED and self.prior_status == SUCCEEDED and self.error_code != "invalid_output"
+        )
 
     def column_values(self) -> dict[str, Any]:
         """Logical field -> value, for the fields that are columns (see ResultColumns)."""
@@ -113,6 +130,8 @@ class RowOutcome:
 
 #: Logical names of the result columns, in ResultColumns order (computed once: hot path).
 COLUMN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ResultColumns))
+#: Fields an attempt on an already answered row may change (see ``keeps_prior_answer``).
+ATTEMPT_FIELDS = ("error", "attempts")
 
 
 def check_shard(shard: Any) -> tuple[int, int]:

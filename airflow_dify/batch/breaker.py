@@ -56,6 +56,7 @@ FIXES = {
     "rate_limit_error": "wait for the plan quota to reset or raise it; retrying will not help before",
     "daily_limit_exceeded": "wait for the daily limit to reset or raise it",
     "workflow_version_execution_not_allowed": "publish that workflow version, or drop workflow_id",
+    "workflow_id_rejected": "set workflow_id to a published version of this app's workflow, or drop it",
     UNAVAILABLE: "check that Dify (and any gateway in front of it) is up and reachable",
 }
 
@@ -71,6 +72,15 @@ def classify(err: DifyError) -> str | None:
     if isinstance(err, DifyTransportError) or (isinstance(err, DifyServerError) and err.status in (502, 503)):
         return UNAVAILABLE
     return None
+
+
+def rejects_pinned_version(err: DifyError) -> bool:
+    """With ``workflow_id`` set: Dify refused that version (unknown id, a draft, a malformed id)."""
+    if isinstance(err, DifyNotFoundError):
+        return True
+    return (
+        isinstance(err, DifyBadRequestError) and err.code == "bad_request" and "workflow" in str(err).lower()
+    )
 
 
 @dataclass
@@ -135,4 +145,12 @@ class CircuitBreaker:
         )
 
 
-__all__ = ["SYSTEMIC", "SYSTEMIC_CODES", "UNAVAILABLE", "CircuitBreaker", "Trip", "classify"]
+__all__ = [
+    "SYSTEMIC",
+    "SYSTEMIC_CODES",
+    "UNAVAILABLE",
+    "CircuitBreaker",
+    "Trip",
+    "classify",
+    "rejects_pinned_version",
+]

@@ -7,8 +7,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
-from airflow_dify.batch.breaker import classify
+from airflow_dify.batch.breaker import SYSTEMIC, classify, rejects_pinned_version
 from airflow_dify.batch.errors import RowError
+from airflow_dify.batch.outputs import OutputSpec
 from airflow_dify.batch.rows import PromptBuilder, failed_outcome
 from airflow_dify.client.errors import DifyError
 from airflow_dify.client.models import DifyResult
@@ -19,7 +20,14 @@ MAX_ERROR_CHARS = 1000
 
 class SupportsCall(Protocol):
     def call(
-        self, family: str, *, query: str | None, inputs: dict[str, Any], user: str, response_mode: str | None
+        self,
+        family: str,
+        *,
+        query: str | None,
+        inputs: dict[str, Any],
+        user: str,
+        response_mode: str | None,
+        workflow_id: str | None = None,
     ) -> DifyResult: ...
 
 
@@ -35,6 +43,7 @@ def _result_fields(result: DifyResult | None) -> dict[str, Any]:
     fields["latency_ms"] = result.latency_ms
     fields["message_id"] = result.message_id or result.workflow_run_id
     fields["conversation_id"] = result.conversation_id
+    fields["workflow_id"] = result.workflow_id
     return fields
 
 
@@ -74,6 +83,18 @@ def outcome_from_error(row_id: Any, err: DifyError, *, input_hash: str | None = 
     )
 
 
+def with_outputs(outcome: RowOutcome, result: DifyResult, outputs: OutputSpec) -> RowOutcome:
+    """A succeeded outcome with its output columns; failed (answer and usage kept) if they do not fit."""
+    source = result.outputs if result.mode == "workflow" else None
+    try:
+        values = outputs.extract(outcome.row_id, source, result.answer)
+    except RowError as exc:
+        return replace(
+            outcome, status=FAILED, error=f"{exc.code}: {exc}"[:MAX_ERROR_CHARS], error_code=exc.code
+        )
+    return replace(outcome, outputs=values)
+
+
 def make_row_caller(
     client: SupportsCall,
     builder: PromptBuilder,
@@ -81,9 +102,15 @@ def make_row_caller(
     user: str,
     response_mode: str | None = None,
     app_mode: str | None = None,
+    workflow_id: str | None = None,
+    outputs: OutputSpec | None = None,
 ) -> Callable[[Mapping[str, Any]], RowOutcome]:
-    """``app_mode`` (Dify's own, e.g. ``agent-chat``) lets the client pick streaming where required."""
+    """``app_mode`` (Dify's own, e.g. ``agent-chat``) lets the client pick streaming where required.
+
+    ``workflow_id`` pins a published workflow version; ``outputs`` maps the answer to columns.
+    """
     family = app_mode or builder.family
+    version = {"workflow_id": workflow_id} if workflow_id else {}
 
     def call_row(row: Mapping[str, Any]) -> RowOutcome:
         outcome = call(row)
@@ -99,10 +126,18 @@ def make_row_caller(
             return failed_outcome(row_id, exc.code, str(exc))
         try:
             result = client.call(
-                family, query=prompt.query, inputs=prompt.inputs, user=user, response_mode=response_mode
+                family,
+                query=prompt.query,
+                inputs=prompt.inputs,
+                user=user,
+                response_mode=response_mode,
+                **version,
             )
         except DifyError as err:
-            return outcome_from_error(row_id, err, input_hash=prompt.input_hash)
+            outcome = outcome_from_error(row_id, err, input_hash=prompt.input_hash)
+            if workflow_id and rejects_pinned_version(err):
+                return replace(outcome, failure=SYSTEMIC, error_code="workflow_id_rejected")
+            return outcome
         except Exception as exc:  # a bug must fail the row, not kill 999 other rows' results
             error = f"internal_error: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
             return RowOutcome(
@@ -113,9 +148,12 @@ def make_row_caller(
                 answered_at=_now(),
                 input_hash=prompt.input_hash,
             )
-        return outcome_from_result(row_id, result, input_hash=prompt.input_hash)
+        outcome = outcome_from_result(row_id, result, input_hash=prompt.input_hash)
+        if workflow_id and outcome.workflow_id is None:
+            outcome = replace(outcome, workflow_id=workflow_id)  # a chatflow's answer does not echo it
+        return with_outputs(outcome, result, outputs) if outputs else outcome
 
     return call_row
 
 
-__all__ = ["FAILED", "make_row_caller", "outcome_from_error", "outcome_from_result"]
+__all__ = ["FAILED", "make_row_caller", "outcome_from_error", "outcome_from_result", "with_outputs"]

@@ -24,7 +24,15 @@ from airflow_dify.batch.engine import StopSignal
 from airflow_dify.batch.options import BatchOptions
 from airflow_dify.batch.run import SupportsBatch, run_batch
 from airflow_dify.batch.summary import BatchSummary
-from airflow_dify.outcome import FAILED, HASH_KEY, REDO_MODES, STATUS_KEY, ResultColumns, RowOutcome
+from airflow_dify.outcome import (
+    ATTEMPT_FIELDS,
+    FAILED,
+    HASH_KEY,
+    REDO_MODES,
+    STATUS_KEY,
+    ResultColumns,
+    RowOutcome,
+)
 
 log = logging.getLogger("airflow_dify.batch")
 
@@ -70,19 +78,33 @@ class FrameRows:
         self.current_hash: Callable[[Mapping[str, Any]], str | None] | None = None
         self.skipped_unchanged = 0
         self.skipped_claimed = 0  # a frame belongs to one run: nothing to claim
-        n = len(df)
         # Preallocated result arrays, seeded with earlier results so rows not redone keep them.
-        self.arrays: dict[str, np.ndarray] = {}
-        for fieldname, name in columns.items():
-            arr = np.full(n, None, dtype=object)
-            if name in df.columns:
-                arr[:] = [None if _missing(v) else v for v in df[name].tolist()]
-            self.arrays[fieldname] = arr
+        self.arrays: dict[str, np.ndarray] = {f: self._seeded(name) for f, name in columns.items()}
+        #: Output column -> JSON type (None: untyped); their arrays are ``outputs``.
+        self.output_kinds: dict[str, str | None] = {}
+        self.outputs: dict[str, np.ndarray] = {}
+
+    def _seeded(self, name: str) -> np.ndarray:
+        """A result array holding the frame's earlier results, so rows not redone keep them."""
+        arr = np.full(len(self.df), None, dtype=object)
+        if name in self.df.columns:
+            arr[:] = [None if _missing(v) else v for v in self.df[name].tolist()]
+        return arr
 
     def prepare(
-        self, read_columns: Sequence[str], current_hash: Callable[[Mapping[str, Any]], str | None]
+        self,
+        read_columns: Sequence[str],
+        current_hash: Callable[[Mapping[str, Any]], str | None],
+        outputs: Mapping[str, str | None] | None = None,
     ) -> None:
-        """Take the batch's prompt columns; each must exist in the frame."""
+        """Take the batch's prompt columns (each must exist in the frame) and its output columns."""
+        clash = sorted(set(outputs or {}) & {name for _, name in self.columns.items()})
+        if clash:
+            raise ValueError(
+                f"output_columns: {clash} are already result columns; map those outputs to other names"
+            )
+        self.output_kinds = dict(outputs or {})
+        self.outputs = {name: self._seeded(name) for name in self.output_kinds}
         missing = [c for c in read_columns if c not in self.df.columns]
         if missing:
             raise ValueError(
@@ -166,8 +188,15 @@ class FrameRows:
         arrays = self.arrays
         for outcome in outcomes:
             pos = outcome.row_id
+            if outcome.keeps_prior_answer:  # a failed re-run never replaces a stored answer
+                for fieldname in ATTEMPT_FIELDS:
+                    arrays[fieldname][pos] = getattr(outcome, fieldname)
+                continue
             for fieldname, value in outcome.column_values().items():
                 arrays[fieldname][pos] = value
+            if self.outputs and (outcome.outputs is not None or outcome.status == FAILED):
+                for name, arr in self.outputs.items():
+                    arr[pos] = (outcome.outputs or {}).get(name)
 
     def result_frame(self) -> pd.DataFrame:
         """A new frame: the input's columns plus typed result columns (the input is not modified)."""
@@ -186,7 +215,21 @@ class FrameRows:
                 out[name] = pd.Series(prices, index=out.index, dtype=object)
             else:
                 out[name] = pd.Series(arr, index=out.index, dtype=object)
+        for name, arr in self.outputs.items():
+            out[name] = _typed(arr, self.output_kinds[name], out.index)
         return out
+
+
+def _typed(arr: np.ndarray, kind: str | None, index: pd.Index) -> pd.Series:
+    """An output column as its JSON type: nullable Int64 / boolean, exact Decimal numbers, else objects."""
+    if kind == "integer":
+        return pd.Series(pd.array(arr, dtype="Int64"), index=index)
+    if kind == "boolean":
+        return pd.Series(pd.array(arr, dtype="boolean"), index=index)
+    if kind == "number":
+        numbers = [v if v is None or isinstance(v, Decimal) else Decimal(str(v)) for v in arr]
+        return pd.Series(numbers, index=index, dtype=object)
+    return pd.Series(arr, index=index, dtype=object)
 
 
 def answer_dataframe(

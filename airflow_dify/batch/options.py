@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from airflow_dify.batch.outputs import OutputSpec
 from airflow_dify.client.models import MODE_FAMILY
 from airflow_dify.outcome import REDO_MODES, ResultColumns, check_shard
 
@@ -37,6 +38,9 @@ class BatchOptions:
     :param response_mode: ``blocking`` or ``streaming``; None = blocking, streaming where required.
     :param max_prompt_chars: longer prompts fail their row without a call.
     :param null_as: text that NULL template/input values render as; None: such a row fails.
+    :param output_columns: output name (workflow output, or key of a JSON answer) -> column.
+    :param output_schema: JSON Schema subset that types the output columns and checks answers.
+    :param workflow_id: run this published workflow version (workflow and chatflow apps).
 
     Which rows:
 
@@ -69,6 +73,9 @@ class BatchOptions:
     response_mode: str | None = None
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
     null_as: str | None = None
+    output_columns: Mapping[str, str] = field(default_factory=dict)
+    output_schema: Mapping[str, Any] | None = None
+    workflow_id: str | None = None
     redo: str = "failed"
     where: str | None = None
     where_parameters: Any = None
@@ -93,6 +100,7 @@ class BatchOptions:
             renames = dict(self.result_columns or {})
             object.__setattr__(self, "result_columns", ResultColumns.with_overrides(renames))
         object.__setattr__(self, "input_columns", dict(self.input_columns or {}))
+        object.__setattr__(self, "output_columns", dict(self.output_columns or {}))
         object.__setattr__(self, "max_total_price", _price(self.max_total_price))
         if self.shard is not None:
             object.__setattr__(self, "shard", check_shard(self.shard))
@@ -114,6 +122,11 @@ class BatchOptions:
             _positive("max_concurrency", self.max_concurrency)
         if self.max_total_tokens is not None:
             _positive("max_total_tokens", self.max_total_tokens)
+        OutputSpec(self.output_columns, self.output_schema)  # raises ValueError naming the problem
+        if self.workflow_id is not None and (
+            not isinstance(self.workflow_id, str) or not self.workflow_id.strip()
+        ):
+            raise ValueError("workflow_id must be the id of a published workflow version")
         if not isinstance(self.user, str) or not self.user.strip():
             raise ValueError("user must be a non-empty end-user id, e.g. 'airflow-<dag_id>'")
 
@@ -125,6 +138,10 @@ class BatchOptions:
     def concurrency(self) -> int:
         """Calls at once: the option, else the default."""
         return self.max_concurrency or DEFAULT_MAX_CONCURRENCY
+
+    def outputs(self) -> OutputSpec:
+        """The output columns these options ask for (empty without output_columns/output_schema)."""
+        return OutputSpec(self.output_columns, self.output_schema)
 
     def selection(self) -> dict[str, Any]:
         """The row-selection arguments of a source's ``count_todo``/``iter_chunks``."""

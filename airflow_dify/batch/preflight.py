@@ -26,8 +26,8 @@ class SupportsInfo(Protocol):
 
 def preflight(
     client: SupportsInfo, app_mode: str | None, input_columns: Mapping[str, str], logger: Any
-) -> str:
-    """The app's own Dify mode, once the key, the mode and the input mapping are known to fit."""
+) -> AppInfo:
+    """The app (name and own Dify mode), once the key, the mode and the input mapping are known to fit."""
     try:
         info = client.info()
     except DifyError as err:
@@ -48,7 +48,7 @@ def preflight(
     except DifyError as err:
         raise PreflightError(f"pre-flight GET /parameters failed, so no row was called: {err}") from err
     check_inputs(info.name, form_of(parameters), input_columns)
-    return mode
+    return info
 
 
 def form_of(parameters: Mapping[str, Any]) -> dict[str, tuple[str, bool]]:

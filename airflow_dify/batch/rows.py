@@ -13,7 +13,7 @@ from typing import Any
 from airflow_dify.batch.errors import RowError
 from airflow_dify.batch.options import DEFAULT_MAX_PROMPT_CHARS, BatchOptions
 from airflow_dify.client.models import MODE_FAMILY
-from airflow_dify.outcome import FAILED, RowOutcome
+from airflow_dify.outcome import FAILED, HASH_KEY, RowOutcome
 from airflow_dify.sql.dialects import InvalidText
 
 
@@ -103,12 +103,19 @@ class PromptBuilder:
         input_columns: Mapping[str, str] | None = None,
         max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
         null_as: str | None = None,
-        app_id: str | None = None,
+        app_name: str | None = None,
+        workflow_id: str | None = None,
+        outputs: str | None = None,
     ) -> None:
         self.family = family
-        # Only stable facts go in: a mode read from GET /info one day and from the connection the
-        # next must not make every row look edited. ``app_id`` lets callers pin the exact app.
-        self.app: dict[str, Any] = {"family": family, **({"id": app_id} if app_id else {})}
+        # What answers, as far as the hash is concerned: the family (not the exact mode, which
+        # an app_mode setting and GET /info may spell differently), the app's name (another app
+        # is "changed"), the pinned workflow version and the outputs fingerprint when set.
+        identity = {"name": app_name, "workflow_id": workflow_id, "outputs": outputs}
+        self.app: dict[str, Any] = {"family": family, **{k: v for k, v in identity.items() if v}}
+        # Rows answered before the hash covered the app were hashed with the family alone: they
+        # count as this app's answers (not re-billed) unless a version or outputs are now asked.
+        self._legacy_app = {"family": family} if not (workflow_id or outputs) else None
         self.id_column = id_column
         self.query_column = None if query_template else query_column
         self.query_template = query_template
@@ -121,10 +128,15 @@ class PromptBuilder:
             raise ValueError("a workflow app needs input_columns (Dify input variable -> column)")
 
     @classmethod
-    def for_options(cls, options: BatchOptions, app_mode: str, id_column: str) -> PromptBuilder:
+    def for_options(
+        cls, options: BatchOptions, app_mode: str, id_column: str, app_name: str | None = None
+    ) -> PromptBuilder:
         """The builder for a run of ``options`` against an app of Dify mode ``app_mode``."""
         return cls(
             family=MODE_FAMILY[app_mode],
+            app_name=app_name,
+            workflow_id=options.workflow_id,
+            outputs=options.outputs().fingerprint(),
             id_column=id_column,
             query_column=options.query_column,
             query_template=options.query_template,
@@ -214,11 +226,21 @@ class PromptBuilder:
         return query
 
     def current_hash(self, row: Mapping[str, Any]) -> str | None:
-        """The input_hash this row would be sent with now; None when it cannot be sent."""
+        """The input_hash this row would be sent with now; None when it cannot be sent.
+
+        A stored hash from before the hash covered the app (family only) is returned as is when
+        it matches this content, so upgrading never makes answered rows look edited.
+        """
         try:
-            return self.build(row).input_hash
+            prompt = self.build(row)
         except RowError:
             return None
+        stored = str(row.get(HASH_KEY) or "").strip()
+        legacy = self._legacy_app
+        old = legacy is not None and stored not in ("", prompt.input_hash)
+        if old and stored == input_hash(legacy or {}, prompt.query, prompt.inputs):
+            return stored
+        return prompt.input_hash
 
 
 def failed_outcome(row_id: Any, code: str, message: str, *, attempts: int = 0) -> RowOutcome:

@@ -19,6 +19,7 @@ from airflow_dify.batch.breaker import CircuitBreaker
 from airflow_dify.batch.budget import BudgetGuard
 from airflow_dify.batch.calls import SupportsCall, make_row_caller
 from airflow_dify.batch.engine import CallPool, StopSignal
+from airflow_dify.batch.errors import PreflightError
 from airflow_dify.batch.options import BatchOptions
 from airflow_dify.batch.preflight import SupportsInfo, preflight
 from airflow_dify.batch.rows import PromptBuilder
@@ -27,6 +28,8 @@ from airflow_dify.outcome import RowOutcome
 
 log = logging.getLogger("airflow_dify.batch")
 RowCaller = Callable[[Mapping[str, Any]], RowOutcome]
+#: Dify modes whose published versions ``workflow_id`` can pin.
+VERSIONED_MODES = ("workflow", "advanced-chat")
 
 
 class RowSource(Protocol):
@@ -37,8 +40,12 @@ class RowSource(Protocol):
     skipped_claimed: int
 
     def prepare(
-        self, read_columns: Sequence[str], current_hash: Callable[[Mapping[str, Any]], str | None]
-    ) -> None: ...
+        self,
+        read_columns: Sequence[str],
+        current_hash: Callable[[Mapping[str, Any]], str | None],
+        outputs: Mapping[str, str | None] | None = None,
+    ) -> None:
+        """Bind the prompt columns, check what can be checked, create the result (and output) columns."""
 
     def count_todo(self, redo: str, where: str | None, where_parameters: Any, shard: Any) -> int: ...
 
@@ -75,9 +82,16 @@ def run_batch(
     bad settings and unusable tables raise before the first call.
     """
     logger = logger or log
-    mode = preflight(client, options.app_mode, options.input_columns, logger)
-    builder = PromptBuilder.for_options(options, mode, source.id_column)
-    source.prepare(builder.read_columns, builder.current_hash)
+    app = preflight(client, options.app_mode, options.input_columns, logger)
+    mode = app.mode
+    builder = PromptBuilder.for_options(options, mode, source.id_column, app_name=app.name)
+    outputs = options.outputs()
+    if options.workflow_id and mode not in VERSIONED_MODES:
+        raise PreflightError(
+            f"workflow_id is set, but app {app.name!r} is a {mode!r} app, which has no workflow versions "
+            f"(only {' and '.join(VERSIONED_MODES)} apps do); drop workflow_id; no row was called"
+        )
+    source.prepare(builder.read_columns, builder.current_hash, outputs=outputs.column_kinds())
     logger.info(
         "Dify batch: mode=%s, max_concurrency=%s, chunk_size=%s, redo=%s",
         mode,
@@ -87,7 +101,13 @@ def run_batch(
     )
     budget = BudgetGuard(options.max_total_tokens, options.max_total_price)
     call_row = make_row_caller(
-        client, builder, user=options.user, response_mode=options.response_mode, app_mode=mode
+        client,
+        builder,
+        user=options.user,
+        response_mode=options.response_mode,
+        app_mode=mode,
+        workflow_id=options.workflow_id,
+        outputs=outputs or None,
     )
     summary = drive(
         source,

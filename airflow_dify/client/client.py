@@ -146,15 +146,28 @@ class DifyClient:
     ) -> DifyResult:
         """Dispatch by family ("chat" | "completion" | "workflow") or by Dify app mode.
 
-        Streaming-only modes (agent-chat, agent) default to streaming.
+        Streaming-only modes (agent-chat, agent) default to streaming, and so do workflows: only
+        their streamed ``node_finished`` events carry the price (a blocking run has tokens only),
+        and a broken stream is recovered by looking the run up, never by running it again.
+        ``workflow_id`` pins a published version (a workflow's path; a chatflow's body field).
         """
         fam = MODE_FAMILY.get(family)
         if fam is None:
             raise DifyConfigError(f"unknown app mode {family!r}; expected one of {sorted(MODE_FAMILY)}")
-        mode = response_mode or ("streaming" if family in STREAMING_ONLY_MODES else "blocking")
+        streams = family in STREAMING_ONLY_MODES or fam == "workflow"
+        mode = response_mode or ("streaming" if streams else "blocking")
         if fam == "chat":
             text = query if query is not None else ""
-            return self._chat(text, inputs, user, conversation_id, mode, trace_id, agent=family == "agent")
+            return self._chat(
+                text,
+                inputs,
+                user,
+                conversation_id,
+                mode,
+                trace_id,
+                agent=family == "agent",
+                workflow_id=workflow_id,
+            )
         if fam == "completion":
             return self.complete(inputs, user=user, query=query, response_mode=mode, trace_id=trace_id)
         return self.run_workflow(
@@ -205,6 +218,7 @@ class DifyClient:
         trace_id: str | None,
         *,
         agent: bool = False,
+        workflow_id: str | None = None,
     ) -> DifyResult:
         body = _body(inputs, user, response_mode)
         body["query"] = query
@@ -212,6 +226,8 @@ class DifyClient:
         body["auto_generate_name"] = False
         if conversation_id:
             body["conversation_id"] = conversation_id
+        if workflow_id:
+            body["workflow_id"] = workflow_id  # a chatflow's pinned published version
         return self._generate("chat", "/chat-messages", body, trace_id, agent=agent)
 
     def _ctx(self, endpoint: str, *, hint_base_url_on_404: bool = True) -> CallContext:

@@ -75,7 +75,7 @@ class Usage:
             completion_price=to_decimal(data.get("completion_price")),
             total_price=to_decimal(data.get("total_price")),
             currency=data.get("currency"),
-            latency=float(latency) if isinstance(latency, (int, float)) else None,
+            latency=float(latency) if isinstance(latency, (int, float, Decimal)) else None,
             time_to_first_token=data.get("time_to_first_token"),
             time_to_generate=data.get("time_to_generate"),
         )
@@ -93,6 +93,8 @@ class DifyResult:
     conversation_id: str | None = None
     task_id: str | None = None
     workflow_run_id: str | None = None
+    #: The published workflow version that ran (workflow and chatflow apps).
+    workflow_id: str | None = None
     status: str = "succeeded"
     latency_ms: int | None = None
     created_at: int | None = None
@@ -116,20 +118,48 @@ class DifyResult:
 
     @classmethod
     def from_workflow(cls, body: dict[str, Any], *, latency_ms: int | None = None) -> DifyResult:
-        """Blocking workflow body ``{task_id, workflow_run_id, data: {...}}``; status checked by caller."""
+        """Workflow body ``{task_id, workflow_run_id, data: {...}}`` (blocking, or folded from a
+        stream with the nodes' summed ``usage``); the status is checked by the caller.
+
+        ``answer`` is the output itself when the workflow has exactly one string output, else all
+        outputs as JSON.
+        """
         data = body.get("data") or {}
         outputs = data.get("outputs")
+        usage = (
+            Usage.from_json(body["usage"])
+            if body.get("usage")
+            else Usage(total_tokens=_int(data.get("total_tokens")))
+        )
         return cls(
             mode="workflow",
-            answer=json.dumps(outputs, ensure_ascii=False, sort_keys=True) if outputs is not None else None,
+            answer=_workflow_answer(outputs),
             outputs=outputs,
-            usage=Usage(total_tokens=_int(data.get("total_tokens"))),
+            usage=usage,
             task_id=body.get("task_id"),
             workflow_run_id=body.get("workflow_run_id") or data.get("id"),
+            workflow_id=data.get("workflow_id"),
             status=data.get("status") or "succeeded",
             latency_ms=latency_ms,
             created_at=data.get("created_at"),
         )
+
+
+def _workflow_answer(outputs: Any) -> str | None:
+    if outputs is None:
+        return None
+    if isinstance(outputs, dict) and len(outputs) == 1:
+        (only,) = outputs.values()
+        if isinstance(only, str):
+            return only
+    return json.dumps(outputs, ensure_ascii=False, sort_keys=True, default=_json_number)
+
+
+def _json_number(value: Any) -> Any:
+    """Numbers parsed as Decimal (exact prices) back to JSON numbers."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 @dataclass(frozen=True)

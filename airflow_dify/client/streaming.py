@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from decimal import Decimal
 from typing import Any
 
 from airflow_dify.client.errors import DifyError, DifyRunFailedError, DifyStreamError
@@ -66,7 +67,8 @@ def iter_events(chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
 def _decode(data: list[str], name: str) -> dict[str, Any]:
     text = "\n".join(data)
     try:
-        event = json.loads(text)
+        # Exact numbers: prices arrive as JSON numbers in node events (never via binary float).
+        event = json.loads(text, parse_float=Decimal)
     except ValueError:
         raise DifyStreamError(f"malformed SSE event ({len(text)} characters of non-JSON data)") from None
     if not isinstance(event, dict):
@@ -160,6 +162,43 @@ class MessageAggregator:
         return DifyStreamError(f"{self.ctx.endpoint}: stream broke before message_end ({reason})")
 
 
+class NodeCost:
+    """Sums what each finished node reports: ``execution_metadata`` (tokens, price, currency) and
+    the LLM usage in its outputs. Exact: prices are parsed as Decimal from the JSON text."""
+
+    def __init__(self) -> None:
+        self.nodes = 0
+        self.tokens = 0
+        self.price = Decimal(0)
+        self.currency: str | None = None
+        self.prompt: int | None = None
+        self.completion: int | None = None
+
+    def add(self, data: dict[str, Any]) -> None:
+        meta = data.get("execution_metadata") or {}
+        usage = (data.get("outputs") or {}).get("usage") if isinstance(data.get("outputs"), dict) else None
+        if not isinstance(meta, dict) or meta.get("total_price") is None and meta.get("total_tokens") is None:
+            return
+        self.nodes += 1
+        self.tokens += int(meta.get("total_tokens") or 0)
+        if meta.get("total_price") is not None:
+            self.price += Decimal(str(meta["total_price"]))
+            self.currency = self.currency or meta.get("currency")
+        if isinstance(usage, dict):
+            self.prompt = (self.prompt or 0) + int(usage.get("prompt_tokens") or 0)
+            self.completion = (self.completion or 0) + int(usage.get("completion_tokens") or 0)
+
+    def usage(self, run_tokens: Any) -> dict[str, Any]:
+        """A ``metadata.usage``-shaped dict; the run's own total wins over the node sum."""
+        return {
+            "prompt_tokens": self.prompt,
+            "completion_tokens": self.completion,
+            "total_tokens": run_tokens if run_tokens is not None else self.tokens,
+            "total_price": str(self.price),
+            "currency": self.currency,
+        }
+
+
 class WorkflowAggregator:
     """Folds workflow events; remembers ``workflow_run_id`` so a broken stream can be looked up."""
 
@@ -168,6 +207,7 @@ class WorkflowAggregator:
         self.workflow_run_id: str | None = None
         self.task_id: str | None = None
         self._finished: dict[str, Any] | None = None
+        self._cost = NodeCost()
 
     def feed(self, event: dict[str, Any]) -> bool:
         kind = event.get("event")
@@ -179,6 +219,8 @@ class WorkflowAggregator:
                 self.workflow_run_id = str(run_id)
         if self.task_id is None and event.get("task_id"):
             self.task_id = event["task_id"]
+        if kind == "node_finished":
+            self._cost.add(event.get("data") or {})
         if kind in ("workflow_finished", "workflow_paused"):
             self._finished = event
             return True
@@ -193,11 +235,14 @@ class WorkflowAggregator:
         data = dict(self._finished.get("data") or {})
         if self._finished.get("event") == "workflow_paused":
             data.setdefault("status", "paused")
-        return {
+        body = {
             "task_id": self._finished.get("task_id") or self.task_id,
             "workflow_run_id": self._finished.get("workflow_run_id") or self.workflow_run_id,
             "data": data,
         }
+        if self._cost.nodes:
+            body["usage"] = self._cost.usage(data.get("total_tokens"))
+        return body
 
     def broken(self, reason: str) -> DifyStreamError:
         run = f"; workflow run {self.workflow_run_id} was started" if self.workflow_run_id else ""

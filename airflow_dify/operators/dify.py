@@ -68,7 +68,17 @@ class DifyBatchOperator(BaseOperator):
         ``changed`` (pending rows plus rows whose query/inputs changed since answered: ``input_hash``).
     :param where: extra SQL filter, e.g. ``"lang = ?"`` (the SQL connection's paramstyle).
     :param where_parameters: bound parameters for ``where`` (list, or dict for named style).
-    :param result_columns: rename result columns, e.g. ``{"answer": "category"}``.
+    :param result_columns: rename result columns, e.g. ``{"answer": "raw_answer"}``.
+    :param output_columns: answers as typed columns: output name -> column. For workflow apps the
+        names are keys of the workflow's outputs; for chat/completion apps the answer is parsed as
+        JSON (a fenced ```json block too). ``"scores.risk"`` reaches into objects.
+    :param output_schema: a JSON Schema subset (an object whose ``properties`` are string,
+        integer, number, boolean, array or object; ``required``; ``enum``) that types the output
+        columns and validates every answer. An answer that does not fit fails its row, naming the
+        field; its raw text stays in ``answer`` and ``redo="failed"`` asks again. Without
+        ``output_columns`` every property becomes a column of its own name.
+    :param workflow_id: run this published version of a workflow or chatflow app; stored per row
+        and part of ``input_hash``, so switching it makes every row "changed".
     :param max_failed_ratio: fail the task when failed/processed rows exceeds this (0 = any failure).
     :param max_prompt_chars: longer prompts fail their row without a call.
     :param null_as: render NULL template or input values as this text; default None: a row with a
@@ -79,9 +89,10 @@ class DifyBatchOperator(BaseOperator):
     :param shard_index: with ``shard_count``, process only rows whose integer id modulo
         ``shard_count`` equals ``shard_index``: ``.partial(...).expand(shard_index=[0, 1, 2, 3])``.
     :param shard_count: number of shards the table is split into.
-    :param response_mode: ``blocking`` (default; streaming for agent apps) or ``streaming``:
-        recommended for workflows that may outlive a gateway's ~60 s timeout, because a broken
-        stream is recovered with GET /workflows/run/{id} instead of running the workflow again.
+    :param response_mode: ``blocking`` or ``streaming``; default: blocking for chat and completion
+        apps, streaming for agent apps (required) and workflows (only their streamed node events
+        carry the price, and a broken stream is recovered with GET /workflows/run/{id} instead of
+        running the workflow again).
     :param resend_maybe_billed: re-send a call after a timeout/504, when Dify may already have
         run and billed it (default False: the row fails with an error that says so).
     :param outage_seconds: stop when no call has reached Dify for this many seconds; the rows not
@@ -100,6 +111,7 @@ class DifyBatchOperator(BaseOperator):
         "user",
         "shard_index",
         "shard_count",
+        "workflow_id",
     )
     template_fields_renderers = {"where": "sql", "input_columns": "json", "where_parameters": "json"}
     ui_color = "#e6f0ff"
@@ -127,6 +139,9 @@ class DifyBatchOperator(BaseOperator):
         where: str | None = None,
         where_parameters: Any = None,
         result_columns: Mapping[str, str] | None = None,
+        output_columns: Mapping[str, str] | None = None,
+        output_schema: Mapping[str, Any] | None = None,
+        workflow_id: str | None = None,
         max_failed_ratio: float = 0.0,
         max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
         null_as: str | None = None,

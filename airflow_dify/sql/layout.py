@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from airflow_dify.outcome import ResultColumns
 from airflow_dify.sql.connection import SqlConnection, error_brief
 from airflow_dify.sql.dialects import type_holds
 from airflow_dify.sql.errors import SqlTableError
+from airflow_dify.sql.output_types import OutputColumn, output_holds, output_type
 from airflow_dify.sql.params import Params
 from airflow_dify.sql.schema import Columns, Schema
 
 log = logging.getLogger("airflow_dify.sql.table")
 CLAIM_FIELDS = ("claimed_by", "claimed_until")
+#: Result columns newer than the ownership registry: a table an earlier version answered lacks them.
+ADDED_SINCE_REGISTRY = frozenset({"workflow_id"})
 
 
 @dataclass(frozen=True)
@@ -37,18 +40,40 @@ class TableNames:
     q_id: str
     q_result: dict[str, str]
     q_claim: dict[str, str]
+    #: Typed columns answers are mapped into (see batch/outputs.py).
+    outputs: tuple[OutputColumn, ...] = ()
 
     @property
     def store(self) -> str:
         return self.results_table or self.table
 
+    def with_outputs(self, outputs: tuple[OutputColumn, ...]) -> TableNames:
+        return replace(self, outputs=outputs)
+
     def wanted(self, claims: bool) -> list[tuple[str, str]]:
-        """(logical field, column name) of every column the store needs."""
+        """(field, column name) of every column the store needs; outputs are ``output:<name>``."""
         out = list(self.columns.items())
-        return out + [(f, f) for f in CLAIM_FIELDS] if claims else out
+        out += [(f, f) for f in CLAIM_FIELDS] if claims else []
+        return out + [(o.field, o.name) for o in self.outputs]
+
+    def _output(self, field: str) -> OutputColumn | None:
+        return next((o for o in self.outputs if o.field == field), None)
 
     def quoted(self, field: str) -> str:
+        output = self._output(field)
+        if output is not None:
+            return output.quoted
         return self.q_claim[field] if field in CLAIM_FIELDS else self.q_result[field]
+
+    def column_type(self, field: str, dialect: str, types: dict[str, str]) -> str:
+        """The type a created column gets: the result field's, or the output's JSON type's."""
+        output = self._output(field)
+        return output_type(dialect, output.kind) if output is not None else types[field]
+
+    def holds(self, field: str, declared: str | None) -> bool:
+        """Whether an existing column of type ``declared`` can hold what ``field`` writes."""
+        output = self._output(field)
+        return output_holds(output.kind, declared) if output is not None else type_holds(field, declared)
 
 
 class ResultStore:
@@ -113,7 +138,7 @@ class ResultStore:
     def _adoptable(self, cols: Columns, owned: set[str]) -> bool:
         """Every result column exists and none is registered: made by a version before the registry."""
         columns = self.names.columns
-        found = [cols.find(c) for _, c in columns.items()]
+        found = [cols.find(c) for f, c in columns.items() if f not in ADDED_SINCE_REGISTRY]
         return not owned and all(f is not None for f in found)
 
     def _refuse(
@@ -122,14 +147,17 @@ class ResultStore:
         store = self.names.store
         if foreign:
             listed = ", ".join(f"{found} ({cols.type_of(found) or 'untyped'})" for _, _, found in foreign)
-            renames = {f: f"dify_{c}" for f, c, _ in foreign if f not in CLAIM_FIELDS}
+            renames = {f: f"dify_{c}" for f, c, _ in foreign if f not in CLAIM_FIELDS and ":" not in f}
+            outputs = {f.split(":", 1)[1]: f"dify_{c}" for f, c, _ in foreign if f.startswith("output:")}
+            how = f"result_columns={renames}" if renames else ""
+            how += (" / " if how else "") + (f"output_columns mapping to {outputs}" if outputs else "")
             raise SqlTableError(
                 f"table {store!r} already has column(s) the provider did not create: {listed}. It writes "
-                f"only to columns it created, so nothing was called or written. Either rename the result "
-                f"columns (result_columns={renames}) or write the results to a table of their own "
+                f"only to columns it created, so nothing was called or written. Either rename the "
+                f"columns ({how or 'result_columns='}) or write the results to a table of their own "
                 f"(results_table={store.split('.')[-1] + '_dify'!r})."
             )
-        wrong = [(f, found) for f, found in present if not type_holds(f, cols.type_of(found))]
+        wrong = [(f, found) for f, found in present if not self.names.holds(f, cols.type_of(found))]
         if wrong:
             listed = ", ".join(f"{found} is {cols.type_of(found)}" for _, found in wrong)
             raise SqlTableError(
@@ -138,13 +166,14 @@ class ResultStore:
             )
 
     def _add_missing(self, wanted: list[tuple[str, str]]) -> list[str]:
-        names, types = self.names, self.db.dialect.column_types
+        names, dialect = self.names, self.db.dialect
         added: list[str] = []
         for field, name in wanted:
             cols = self._columns()
             if cols is not None and cols.find(name) is not None:
                 continue
-            sql = f"ALTER TABLE {names.q_store} ADD COLUMN {names.quoted(field)} {types[field]}"
+            kind = names.column_type(field, dialect.name, dialect.column_types)
+            sql = f"ALTER TABLE {names.q_store} ADD COLUMN {names.quoted(field)} {kind}"
             # Registered before it exists: a concurrent run that sees the column sees it as ours.
             self.schema.register(names.store, [name])
             try:
@@ -159,14 +188,16 @@ class ResultStore:
         return added
 
     def _create_results_table(self) -> list[str]:
-        names, types = self.names, self.db.dialect.column_types
+        names, dialect = self.names, self.db.dialect
         source = self.schema.columns(names.table)
         if source is None:
             raise SqlTableError(self.schema.missing_table_message(names.table))
         id_type = key_type(self.db.dialect.name, source.type_of(names.id_column))
         wanted = names.wanted(self.claims)
         defs = [f"{names.q_id} {id_type} NOT NULL PRIMARY KEY"]
-        defs += [f"{names.quoted(f)} {types[f]}" for f, _ in wanted]
+        defs += [
+            f"{names.quoted(f)} {names.column_type(f, dialect.name, dialect.column_types)}" for f, _ in wanted
+        ]
         try:
             self.db.execute_commit(f"CREATE TABLE IF NOT EXISTS {names.q_store} ({', '.join(defs)})")
         except Exception as exc:

@@ -42,6 +42,7 @@ from airflow_dify.sql.connection import SqlConnection
 from airflow_dify.sql.dialects import DIALECTS, Dialect, InvalidText, is_integer_type, quote_identifier
 from airflow_dify.sql.errors import SqlTableError, SqlWriteError
 from airflow_dify.sql.layout import CLAIM_FIELDS, ResultStore, TableNames
+from airflow_dify.sql.output_types import OutputColumn
 from airflow_dify.sql.paging import keyset_pages
 from airflow_dify.sql.schema import Schema
 from airflow_dify.sql.selection import Layout, Selection, check_redo, page_sql
@@ -181,6 +182,21 @@ class SqlTable:
         self._q_read = [self._quote(c, f"read_columns[{i}]") for i, c in enumerate(self.read_columns)]
         self.current_hash = current_hash
 
+    def _bind_outputs(self, outputs: Mapping[str, str | None]) -> None:
+        taken = {c.lower() for _, c in self.columns.items()} | {self.id_column.lower(), *CLAIM_FIELDS}
+        clash = sorted(c for c in outputs if c.lower() in taken)
+        if clash:
+            raise SqlTableError(
+                f"output_columns: column(s) {clash} are already result columns, the id or claim columns; "
+                "map those outputs to other names"
+            )
+        columns = tuple(
+            OutputColumn(name, kind, self._quote(name, f"output_columns[{name!r}]"))
+            for name, kind in outputs.items()
+        )
+        self._store.names = self._store.names.with_outputs(columns)
+        self._writer.outputs = {o.field: o for o in columns}
+
     def __repr__(self) -> str:
         where = f", results_table={self.results_table!r}" if self.results_table else ""
         return (
@@ -234,13 +250,20 @@ class SqlTable:
         return self._store.ensure()
 
     def prepare(
-        self, read_columns: Sequence[str], current_hash: Callable[[Mapping[str, Any]], str | None]
+        self,
+        read_columns: Sequence[str],
+        current_hash: Callable[[Mapping[str, Any]], str | None],
+        outputs: Mapping[str, str | None] | None = None,
     ) -> None:
         """Take the batch's prompt columns, check the table, ids and columns, create result columns.
+
+        :param outputs: typed output columns, name -> JSON type (None: untyped), created and
+            written like the result columns.
 
         Everything here runs before the first Dify call, so a table that cannot work costs nothing.
         """
         self._bind(read_columns, current_hash)
+        self._bind_outputs(outputs or {})
         self.validate()
         self.check_unique_ids()
         self.ensure_result_columns()

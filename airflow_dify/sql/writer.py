@@ -17,17 +17,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from airflow_dify.outcome import COLUMN_FIELDS, FAILED, SUCCEEDED, ResultColumns, RowOutcome
+from airflow_dify.outcome import ATTEMPT_FIELDS, COLUMN_FIELDS, FAILED, ResultColumns, RowOutcome
 from airflow_dify.sql.connection import SqlConnection, error_brief
 from airflow_dify.sql.errors import SqlWriteError
+from airflow_dify.sql.output_types import OutputColumn, output_placeholder, output_value
 from airflow_dify.sql.params import Params
 
 log = logging.getLogger("airflow_dify.sql.table")
 
 #: DB-API error classes that mean the connection or server failed, not the data: retry the group.
 _TRANSIENT = frozenset({"OperationalError", "InterfaceError"})
-#: Fields an attempt on an already answered row may change.
-_ATTEMPT_FIELDS = ("error", "attempts")
 #: Fields kept when a row's result cannot be stored: what finance needs.
 _MONEY_FIELDS: tuple[str, ...] = ("status", "error", "attempts", "answered_at", "prompt_tokens")
 _MONEY_FIELDS += ("completion_tokens", "total_tokens", "total_price", "currency", "message_id")
@@ -49,23 +48,38 @@ def sanitised(outcome: RowOutcome) -> tuple[RowOutcome, str | None]:
     changes: dict[str, Any] = {}
     notes: list[str] = []
     for name in ("answer", "error", "message_id", "conversation_id", "currency"):
-        value = getattr(outcome, name)
-        if not isinstance(value, str):
-            continue
-        nuls = value.count("\x00")
-        clean = value.replace("\x00", "")
-        fixed = clean.encode("utf-8", "replace").decode("utf-8")
-        if fixed != value:
+        fixed = _clean_text(getattr(outcome, name), name, notes)
+        if fixed is not None:
             changes[name] = fixed
-            if nuls:
-                notes.append(f"{nuls} NUL character(s) removed from {name}")
-            if fixed != clean:
-                notes.append(f"unencodable characters replaced in {name}")
+    if outcome.outputs:
+        outputs = dict(outcome.outputs)
+        for column, value in outcome.outputs.items():
+            fixed = _clean_text(value, column, notes)
+            if fixed is not None:
+                outputs[column] = fixed
+        if outputs != dict(outcome.outputs):
+            changes["outputs"] = outputs
     if not changes:
         return outcome, None
     note = "stored with " + "; ".join(notes)
     error = f"{outcome.error}; {note}" if outcome.error else note
     return dataclasses.replace(outcome, **changes, error=error), note
+
+
+def _clean_text(value: Any, name: str, notes: list[str]) -> str | None:
+    """``value`` without NULs and unpaired surrogates, or None when it is not text or already clean."""
+    if not isinstance(value, str):
+        return None
+    nuls = value.count("\x00")
+    clean = value.replace("\x00", "")
+    fixed = clean.encode("utf-8", "replace").decode("utf-8")
+    if fixed == value:
+        return None
+    if nuls:
+        notes.append(f"{nuls} NUL character(s) removed from {name}")
+    if fixed != clean:
+        notes.append(f"unencodable characters replaced in {name}")
+    return fixed
 
 
 class ResultWriter:
@@ -76,6 +90,7 @@ class ResultWriter:
     :param q_result: logical field -> quoted column.
     :param q_claim: quoted (claimed_by, claimed_until), or None without claims.
     :param owner: this run's claim token (claims are released only if still ours).
+    :param outputs: the typed output columns written with each full result.
     """
 
     def __init__(
@@ -91,18 +106,20 @@ class ResultWriter:
         retries: int = 3,
         backoff: float = 0.5,
         on_written: Callable[[Sequence[Any]], None] | None = None,
+        outputs: Sequence[OutputColumn] = (),
     ) -> None:
         self.db, self.table, self.store, self.q_id = db, table, store, q_id
         self.q_result, self.q_claim, self.owner = q_result, q_claim, owner
         self.retries, self.backoff = retries, backoff
         self.on_written = on_written
+        self.outputs = {o.field: o for o in outputs}
         #: Outcomes that could not be stored at all (logged); the summary reports them.
         self.unsaved: list[Any] = []
 
     def _sql(self, fields: Sequence[str]) -> tuple[str, int]:
         """UPDATE setting ``fields`` (then releasing our claim); returns (sql, owner params)."""
         params = Params(self.db.dialect, None)
-        sets = [f"{self.q_result[f]} = {params.add(None)}" for f in fields]
+        sets = [f"{self._column(f)} = {self._placeholder(f, params.add(None))}" for f in fields]
         owners = 0
         if self.q_claim is not None:
             by, until = self.q_claim
@@ -113,17 +130,34 @@ class ResultWriter:
         sql = f"UPDATE {self.store} SET {', '.join(sets)} WHERE {self.q_id} = {params.add(None)}"
         return sql, owners
 
+    def _column(self, field: str) -> str:
+        output = self.outputs.get(field)
+        return output.quoted if output is not None else self.q_result[field]
+
+    def _placeholder(self, field: str, placeholder: str) -> str:
+        output = self.outputs.get(field)
+        return output_placeholder(self.db.dialect.name, output.kind, placeholder) if output else placeholder
+
     def _row(self, fields: Sequence[str], owners: int, outcome: RowOutcome) -> list[Any]:
         dialect = self.db.dialect
-        values = [dialect.adapt(f, getattr(outcome, f)) for f in fields]
+        values = []
+        for f in fields:
+            output = self.outputs.get(f)
+            if output is None:
+                values.append(dialect.adapt(f, getattr(outcome, f)))
+            else:
+                value = (outcome.outputs or {}).get(output.name)
+                values.append(output_value(dialect.name, output.kind, value))
         return values + [self.owner] * owners + [outcome.row_id]
 
     def _plan(self, outcomes: Sequence[RowOutcome]) -> list[tuple[str, list[list[Any]]]]:
         """Statements for one group: full results, and attempts on rows that keep their answer."""
-        full = [o for o in outcomes if not _keeps_answer(o)]
-        attempts = [o for o in outcomes if _keeps_answer(o)]
+        full = [o for o in outcomes if not o.keeps_prior_answer]
+        attempts = [o for o in outcomes if o.keeps_prior_answer]
         plan = []
-        for fields, group in ((COLUMN_FIELDS, full), (_ATTEMPT_FIELDS, attempts)):
+        # Output columns go with every full result: NULL when the answer had none (a failed row).
+        every = (*COLUMN_FIELDS, *self.outputs)
+        for fields, group in ((every, full), (ATTEMPT_FIELDS, attempts)):
             if group:
                 sql, owners = self._sql(fields)
                 plan.append((sql, [self._row(fields, owners, o) for o in group]))
@@ -239,11 +273,6 @@ class ResultWriter:
         )
         self.unsaved.append(outcome.row_id)
         return last
-
-
-def _keeps_answer(outcome: RowOutcome) -> bool:
-    """A failed call on a row that already has an answer: record the attempt, keep the answer."""
-    return outcome.status == FAILED and outcome.prior_status == SUCCEEDED
 
 
 def result_columns_sql(columns: ResultColumns, quote: Callable[[str, str], str]) -> dict[str, str]:

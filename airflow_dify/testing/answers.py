@@ -37,6 +37,14 @@ def answer_text(query: str | None, inputs: dict[str, Any] | None) -> str:
     return f"Answer: {query}" + (f" | {rendered}" if rendered else "")
 
 
+def app_answer(app: FakeApp, query: str | None, inputs: dict[str, Any]) -> str:
+    """What ``app`` answers: its scripted ``answer``, else :func:`answer_text`."""
+    text = (app.answer or answer_text)(query, dict(inputs))
+    if not isinstance(text, str):
+        raise TypeError(f"FakeApp.answer must return a str, got {type(text).__name__}")
+    return text
+
+
 def prompt_text(query: str | None, inputs: dict[str, Any] | None) -> str:
     """What the fake 'sends to the model': the query and the rendered inputs."""
     return "\n".join(part for part in (query or "", inputs_text(inputs)) if part)
@@ -79,7 +87,7 @@ def message_body(
     app: FakeApp, query: str | None, inputs: dict, latency: float, conversation_id: str | None
 ) -> dict[str, Any]:
     """Blocking chat / completion body (completion has no conversation_id)."""
-    answer = answer_text(query, inputs)
+    answer = app_answer(app, query, inputs)
     message_id = new_id()
     body: dict[str, Any] = {
         "event": "message",
@@ -100,34 +108,6 @@ def message_body(
     if app.mode != "completion":
         body["metadata"]["retriever_resources"] = []
     return body
-
-
-def workflow_data(
-    app: FakeApp, inputs: dict, latency: float, status: str = "succeeded", error: str | None = None
-) -> dict[str, Any]:
-    """``data`` of a blocking workflow run / ``workflow_finished`` event, built when the run starts
-    (the reply is computed up front and sent after the latency)."""
-    result = answer_text(None, inputs)
-    prompt_tokens, completion_tokens = token_counts(prompt_text(None, inputs), result)
-    started = time.time()
-    data: dict[str, Any] = {
-        "id": new_id(),
-        "workflow_id": app.workflow_id,
-        "status": status,
-        "outputs": {"result": result} if status in ("succeeded", "partial-succeeded") else {},
-        "error": error,
-        "elapsed_time": float(latency),
-        "total_tokens": prompt_tokens + completion_tokens,
-        "total_steps": 3,
-        "created_at": int(started),
-        "finished_at": None if status == "paused" else int(started + latency),
-    }
-    if status == "paused":
-        data["paused_nodes"] = ["1700000000000"]
-        data["reasons"] = [
-            {"type": "human_input_required", "node_id": "1700000000000", "node_title": "Human Input"}
-        ]
-    return data
 
 
 def workflow_body(data: dict[str, Any]) -> dict[str, Any]:

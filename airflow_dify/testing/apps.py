@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import string
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,14 @@ class FakeApp:
     :param inputs: the app's input form: variable names (optional text inputs) or dicts
         ``{"variable", "type", "label", "required", "default", "options"}``.
     :param api_enabled: False answers 403 like an app whose API service was switched off.
+    :param outputs: workflow apps: a run's ``data.outputs`` from its inputs, to script what a
+        test's workflow returns (default ``{"result": answer_text(None, inputs)}``).
+    :param answer: the other modes: the answer text from (query, inputs), to script replies such
+        as JSON for output schemas (default :func:`~.answers.answer_text`); usage is computed on it.
+    :param workflow_id: the published workflow version that runs by default.
+    :param versions: other published versions a run may pin (``/workflows/{id}/run``, or the
+        ``workflow_id`` of a chatflow call).
+    :param pinned_runs: False refuses pinned runs with 403, like Dify Cloud's sandbox plan.
     """
 
     mode: str = "chat"
@@ -55,10 +63,21 @@ class FakeApp:
     author_name: str = "FakeDify"
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     workflow_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    outputs: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    answer: Callable[[str | None, dict[str, Any]], str] | None = None
+    versions: Sequence[str] = ()
+    pinned_runs: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in _DEFAULT_NAMES:
             raise ValueError(f"unsupported app mode {self.mode!r}; use one of {sorted(_DEFAULT_NAMES)}")
+        self.versions = tuple(self.versions)
+        for version in self.published():
+            try:
+                uuid.UUID(version)
+            except ValueError:
+                # Dify's workflow ids are UUIDs: any other id could never be pinned.
+                raise ValueError(f"workflow versions are UUIDs, got {version!r}") from None
         if self.name is None:
             self.name = _DEFAULT_NAMES[self.mode]
         if self.key is None:
@@ -79,6 +98,10 @@ class FakeApp:
             spec.setdefault("default", "")
             out.append(spec)
         return out
+
+    def published(self) -> tuple[str, ...]:
+        """Every workflow version a run may use, the default first."""
+        return (self.workflow_id, *self.versions)
 
 
 #: The input forms of the default apps: optional text inputs, like a typical app's.

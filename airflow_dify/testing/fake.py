@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from decimal import Decimal
 from typing import Any, Generic, TypeVar, cast, overload
 
 from airflow_dify.testing.apps import FakeApp
@@ -18,7 +19,7 @@ from airflow_dify.testing.handler import handle
 from airflow_dify.testing.http_server import ThreadedHTTPServer
 from airflow_dify.testing.limits import Limits
 from airflow_dify.testing.oauth import OAuthClient, TokenStore
-from airflow_dify.testing.state import FakeState, Latency, RequestRecord
+from airflow_dify.testing.state import Bill, FakeState, Latency, RequestRecord
 
 log = logging.getLogger("airflow_dify.testing")
 
@@ -62,7 +63,8 @@ class FakeDify:
     :param max_active_requests: per-app in-flight cap (0 = unlimited); over it -> 429 too_many_requests.
     :param requests_per_minute: per-app admissions in any sliding 60 s (0 = unlimited); over it -> 429.
     :param token_ttl: OAuth2 access-token lifetime in seconds; None = tokens never expire.
-    :param max_records: newest request records kept in :attr:`requests` (None = all).
+    :param max_records: newest request records kept in :attr:`requests`, and entries in
+        :attr:`billing` (None = all).
     """
 
     def __init__(
@@ -188,12 +190,23 @@ class FakeDify:
         return self._state.records()
 
     @property
+    def billing(self) -> list[Bill]:
+        """Snapshot of the billing log: one entry per generation the fake did the work for, so a
+        test can check that a client recorded every cost once (late faults are billed too)."""
+        return self._state.bills()
+
+    def billed_total(self, currency: str = "USD") -> Decimal:
+        """The exact sum of the billing log's prices in ``currency``."""
+        return self._state.billed_total(currency)
+
+    @property
     def connections(self) -> int:
         """TCP connections accepted since start (keep-alive clients reuse one)."""
         return self._httpd.accepted if self._httpd is not None else 0
 
     def calls(self, path: str | None = None) -> int:
-        """Generation requests received (any outcome, incl. 4xx/429/faults), optionally by path."""
+        """Generation requests received (any outcome, incl. 4xx/429/faults), optionally by path;
+        pinned ``/workflows/{id}/run`` runs count as ``/workflows/run``."""
         return self._state.calls(path)
 
     def stats(self) -> dict[str, Any]:
@@ -201,5 +214,6 @@ class FakeDify:
         return self._state.limits.stats()
 
     def reset(self) -> None:
-        """Clear log, counters, faults, stats, tokens and stored runs (apps and OAuth clients stay)."""
+        """Clear the request and billing logs, counters, faults, stats, tokens and stored runs (apps
+        and OAuth clients stay)."""
         self._state.reset()

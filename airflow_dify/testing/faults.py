@@ -29,7 +29,8 @@ class Fault:
     """One scripted failure.
 
     :param kind: one of :data:`KINDS`.
-    :param path: ``"/chat-messages"``, ``"/completion-messages"``, ``"/workflows/run"`` or None (any).
+    :param path: ``"/chat-messages"``, ``"/completion-messages"``, ``"/workflows/run"`` (pinned
+        ``/workflows/{id}/run`` runs too) or None (any).
     :param on: 1-based request numbers (within the scope) that fire.
     :param every: fire on every Nth request of the scope.
     :param after: fire on every request after the Nth.

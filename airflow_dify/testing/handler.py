@@ -10,11 +10,11 @@ import logging
 from typing import Any
 
 from airflow_dify.testing.answers import NOT_FOUND_MESSAGE, info_body, parameters_body
-from airflow_dify.testing.apps import GENERATION_PATHS, FakeApp
+from airflow_dify.testing.apps import FakeApp
 from airflow_dify.testing.auth import authenticate
 from airflow_dify.testing.exchange import Reply, Request
 from airflow_dify.testing.faults import TOKEN_PATH
-from airflow_dify.testing.generation import generate
+from airflow_dify.testing.generation import generate, generation_route
 from airflow_dify.testing.replies import ROUTE_MESSAGES, Reject, error_reply, json_reply, rejected
 from airflow_dify.testing.state import Exchange, FakeState
 
@@ -45,10 +45,13 @@ def handle(request: Request, state: FakeState) -> Reply:
 
 def _route(request: Request, state: FakeState, ex: Exchange) -> Reply:
     path = ex.path
-    if path in GENERATION_PATHS:
+    read = path in _READ_PATHS or path.startswith("/workflows/run/")
+    served = generation_route(path)
+    # GET /workflows/run/run is a run lookup; POST to it pins a version named "run", like Flask routes it.
+    if served is not None and not (read and ex.method == "GET"):
         _allow(ex, "POST")
-        return generate(state, request, ex)
-    if path in _READ_PATHS or path.startswith("/workflows/run/"):
+        return generate(state, request, ex, *served)
+    if read:
         _allow(ex, "GET")
         ex.auth, ex.app = authenticate(state, request.header("authorization"))
         return json_reply(ex, 200, _read(state, ex.app, path))

@@ -6,14 +6,9 @@ import json
 import time
 from typing import Any
 
-from airflow_dify.testing.answers import (
-    answer_text,
-    make_usage,
-    new_id,
-    prompt_text,
-    workflow_data,
-)
+from airflow_dify.testing.answers import app_answer, make_usage, new_id, prompt_text
 from airflow_dify.testing.apps import FakeApp
+from airflow_dify.testing.runs import NodeRun, WorkflowRun, run_data, start_node
 
 PING = b"event: ping\n\n"
 
@@ -30,45 +25,52 @@ def chunks(text: str, parts: int = 4) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-def _node(
-    run_id: str, task_id: str, event: str, node_id: str, node_type: str, index: int, **extra: Any
+def _node_event(
+    event: str, node: NodeRun, position: int, previous: str | None, run_id: str, task_id: str, created: int
 ) -> dict[str, Any]:
-    data = {
-        "id": f"{run_id[:8]}-{node_id}",
-        "node_id": node_id,
-        "node_type": node_type,
-        "title": node_type.upper(),
-        "index": index,
-        "predecessor_node_id": None,
+    data: dict[str, Any] = {
+        "id": node.id,
+        "node_id": node.node_id,
+        "node_type": node.node_type,
+        "title": node.title,
+        "index": position,
+        "predecessor_node_id": previous,
         "inputs": None,
-        "created_at": int(time.time()),
-        **extra,
+        "created_at": created,
     }
+    if event == "node_finished":
+        data.update(
+            status=node.status,
+            outputs=node.outputs,
+            error=node.error,
+            elapsed_time=node.elapsed_time,
+            execution_metadata=node.execution_metadata(),
+            finished_at=created + int(node.elapsed_time),
+        )
     return {"event": event, "task_id": task_id, "workflow_run_id": run_id, "data": data}
 
 
-def _workflow_frame(run_id: str, task_id: str, wf_data: dict[str, Any], inputs: dict) -> list[dict]:
-    started = {
-        "event": "workflow_started",
-        "task_id": task_id,
-        "workflow_run_id": run_id,
-        "data": {
-            "id": run_id,
-            "workflow_id": wf_data["workflow_id"],
-            "inputs": inputs,
-            "created_at": wf_data["created_at"],
-        },
-    }
-    return [started, _node(run_id, task_id, "node_started", "start", "start", 1)]
+def _run_started(run_id: str, task_id: str, workflow_id: str, inputs: dict, created: int) -> dict[str, Any]:
+    data = {"id": run_id, "workflow_id": workflow_id, "inputs": inputs, "created_at": created}
+    return {"event": "workflow_started", "task_id": task_id, "workflow_run_id": run_id, "data": data}
+
+
+def _run_finished(task_id: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"event": "workflow_finished", "task_id": task_id, "workflow_run_id": data["id"], "data": data}
 
 
 def message_events(
-    app: FakeApp, query: str | None, inputs: dict, latency: float, conversation_id: str | None
+    app: FakeApp,
+    query: str | None,
+    inputs: dict,
+    latency: float,
+    conversation_id: str | None,
+    workflow_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """chat / completion / agent-chat / advanced-chat streams, ending with ``message_end``
-    (advanced-chat: then ``workflow_finished``)."""
+    (advanced-chat, running version ``workflow_id``: then ``workflow_finished``)."""
     task_id, message_id, now = new_id(), new_id(), int(time.time())
-    answer = answer_text(query, inputs)
+    answer = app_answer(app, query, inputs)
     usage = make_usage(prompt_text(query, inputs), answer, latency)
     base: dict[str, Any] = {"task_id": task_id, "message_id": message_id}
     if conversation_id is not None:
@@ -76,8 +78,12 @@ def message_events(
     events: list[dict[str, Any]] = []
     wf: dict[str, Any] | None = None
     if app.mode == "advanced-chat":
-        wf = workflow_data(app, inputs, latency)
-        events += _workflow_frame(wf["id"], task_id, wf, inputs)
+        # A chatflow's run costs what its message reports.
+        wf = run_data(
+            workflow_id or app.workflow_id, "succeeded", {"answer": answer}, usage["total_tokens"], 3, latency
+        )
+        events.append(_run_started(wf["id"], task_id, wf["workflow_id"], inputs, wf["created_at"]))
+        events.append(_node_event("node_started", start_node(inputs), 1, None, wf["id"], task_id, now))
     if app.mode == "agent-chat":
         thought = {
             "event": "agent_thought",
@@ -107,64 +113,33 @@ def message_events(
         end["files"] = None
     events.append(end)
     if wf is not None:
-        wf["outputs"] = {"answer": answer}
-        events.append(
-            {"event": "workflow_finished", "task_id": task_id, "workflow_run_id": wf["id"], "data": wf}
-        )
+        events.append(_run_finished(task_id, wf))
     return events
 
 
-def workflow_events(app: FakeApp, inputs: dict, wf_data: dict[str, Any]) -> list[dict[str, Any]]:
-    """A workflow stream around an already computed run ``wf_data`` (ends with ``workflow_finished``)."""
-    task_id, run_id = new_id(), wf_data["id"]
-    events = _workflow_frame(run_id, task_id, wf_data, inputs)
-    events.append(
-        _node(
-            run_id,
-            task_id,
-            "node_finished",
-            "start",
-            "start",
-            1,
-            status="succeeded",
-            outputs=inputs,
-            error=None,
-            elapsed_time=0.0,
-            execution_metadata=None,
-        )
-    )
-    events.append(_node(run_id, task_id, "node_started", "llm", "llm", 2))
-    ok = wf_data["status"] in ("succeeded", "partial-succeeded")
-    result = wf_data["outputs"].get("result", "") if ok else ""
-    metadata = {"total_tokens": wf_data["total_tokens"], "total_price": 0.0, "currency": "USD"}
-    events.append(
-        _node(
-            run_id,
-            task_id,
-            "node_finished",
-            "llm",
-            "llm",
-            2,
-            status="succeeded" if ok else "failed",
-            outputs={"text": result},
-            error=wf_data["error"],
-            elapsed_time=wf_data["elapsed_time"],
-            execution_metadata=metadata,
-        )
-    )
-    if ok:
-        events += [
-            {
-                "event": "text_chunk",
-                "task_id": task_id,
-                "workflow_run_id": run_id,
-                "data": {"text": part, "from_variable_selector": ["llm", "text"]},
-            }
-            for part in chunks(result)
-        ]
-    events.append(
-        {"event": "workflow_finished", "task_id": task_id, "workflow_run_id": run_id, "data": wf_data}
-    )
+def workflow_events(run: WorkflowRun) -> list[dict[str, Any]]:
+    """A workflow stream of an already computed run: each node's ``node_started``, its text as
+    ``text_chunk`` events (LLM nodes) and its ``node_finished``; then ``workflow_finished``."""
+    task_id, run_id, created = new_id(), run.data["id"], run.data["created_at"]
+    events = [_run_started(run_id, task_id, run.data["workflow_id"], run.inputs, created)]
+    previous: str | None = None
+    for position, node in enumerate(run.nodes, start=1):
+        where = (position, previous, run_id, task_id, created)
+        events.append(_node_event("node_started", node, *where))
+        text = (node.outputs or {}).get("text") if node.node_type == "llm" else None
+        if text:
+            events += [
+                {
+                    "event": "text_chunk",
+                    "task_id": task_id,
+                    "workflow_run_id": run_id,
+                    "data": {"text": part, "from_variable_selector": [node.node_id, "text"]},
+                }
+                for part in chunks(text, parts=2)
+            ]
+        events.append(_node_event("node_finished", node, *where))
+        previous = node.node_id
+    events.append(_run_finished(task_id, run.data))
     return events
 
 

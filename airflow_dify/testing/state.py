@@ -1,5 +1,5 @@
-"""Everything FakeDify remembers: apps, limits, OAuth2 tokens, faults, the request log, counters,
-stored workflow runs and conversations.
+"""Everything FakeDify remembers: apps, limits, OAuth2 tokens, faults, the request log, the billing
+log, counters, stored workflow runs and conversations.
 
 One thread-safe object with a public interface, so the request handler (and any server running
 it, threaded or asyncio) changes state through methods instead of reaching into internals.
@@ -12,7 +12,8 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any
 
 from airflow_dify.testing.answers import new_id, run_detail
@@ -29,7 +30,8 @@ MAX_CONVERSATIONS = 100_000
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One request as the fake saw it. ``auth`` names the credential kind, never the secret."""
+    """One request as the fake saw it. ``auth`` names the credential kind, never the secret;
+    ``path`` is as called (``/workflows/{id}/run`` for a pinned run)."""
 
     seq: int
     method: str
@@ -42,6 +44,27 @@ class RequestRecord:
     ended: float
     response: Any
     fault: str | None
+
+
+@dataclass(frozen=True)
+class Bill:
+    """What the fake charged for one generation it did the work for, like a provider's invoice line.
+
+    Tests compare it with what a client recorded: late faults (a 504 after the work, a cut stream)
+    are billed although the client saw an error; early faults, refusals and 429s are not. ``seq``
+    is the :class:`RequestRecord` of the request; ``path`` is as called (a pinned
+    ``/workflows/{id}/run`` too); for workflows the tokens and price are the sums over the LLM nodes.
+    """
+
+    seq: int
+    path: str
+    user: str
+    workflow_id: str | None
+    message_id: str | None
+    workflow_run_id: str | None
+    total_tokens: int
+    total_price: Decimal
+    currency: str
 
 
 class Exchange:
@@ -57,6 +80,8 @@ class Exchange:
         self.status = 0
         self.response: Any = None
         self.fault: str | None = None
+        #: Set once the work is done; its ``seq`` is filled in when the request is recorded.
+        self.bill: Bill | None = None
         self._state = state
         self._slot: str | None = None
         self._slot_until_close = False
@@ -117,6 +142,7 @@ class FakeState:
         self.faults = FaultPlan()
         self._lock = threading.Lock()
         self._records: deque[RequestRecord] = deque(maxlen=max_records)
+        self._bills: deque[Bill] = deque(maxlen=max_records)
         self._seq = itertools.count(1)
         self._calls: dict[str, int] = {}
         self._runs: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
@@ -198,23 +224,35 @@ class FakeState:
                 fault=ex.fault,
             )
             self._records.append(record)
+            if ex.bill is not None:
+                self._bills.append(replace(ex.bill, seq=record.seq))
         return record
 
     def records(self) -> list[RequestRecord]:
         with self._lock:
             return list(self._records)
 
+    def bills(self) -> list[Bill]:
+        with self._lock:
+            return list(self._bills)
+
+    def billed_total(self, currency: str = "USD") -> Decimal:
+        with self._lock:
+            return sum((b.total_price for b in self._bills if b.currency == currency), Decimal(0))
+
     def calls(self, path: str | None = None) -> int:
-        """Generation requests received (any outcome), optionally by path."""
+        """Generation requests received (any outcome), optionally by path (pinned runs count as
+        ``/workflows/run``)."""
         with self._lock:
             if path is None:
                 return sum(self._calls.get(p, 0) for p in GENERATION_PATHS)
             return self._calls.get(path, 0)
 
     def reset(self) -> None:
-        """Clear log, counters, faults, stats, tokens and stored runs (apps and OAuth clients stay)."""
+        """Clear logs, counters, faults, stats, tokens and stored runs (apps and OAuth clients stay)."""
         with self._lock:
             self._records.clear()
+            self._bills.clear()
             self._seq = itertools.count(1)
             self._calls.clear()
             self._runs.clear()

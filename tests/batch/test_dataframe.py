@@ -34,9 +34,10 @@ def client(fake_dify: FakeDify):
         yield c
 
 
-def expected_hash(query: str | None, inputs: dict, family: str = "chat") -> str:
+def expected_hash(query: str | None, inputs: dict, family: str = "chat", app: str = "Fake Chatbot") -> str:
+    """Computed independently: the family and the app's name (GET /info) are the app's identity."""
     canonical = json.dumps(
-        {"app": {"family": family}, "inputs": inputs, "query": query},
+        {"app": {"family": family, "name": app}, "inputs": inputs, "query": query},
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
@@ -168,7 +169,8 @@ def test_workflow_inputs_and_renamed_columns(fake_dify: FakeDify) -> None:
     assert summary.succeeded == 2 and "answer" not in out.columns
     body = next(r.body for r in fake_dify.requests if r.path == "/workflows/run")
     assert body["inputs"]["day"].startswith("2026-01-0")
-    assert json.loads(out["result"][0])["result"].startswith("day=2026-01-02")
+    # One string output: the answer is that text, not {"result": ...}.
+    assert out["result"][0].startswith("day=2026-01-02")
 
 
 def test_sql_only_options_and_bad_frames_are_refused(client: DifyClient) -> None:

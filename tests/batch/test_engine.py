@@ -42,8 +42,11 @@ class Rows:
     def heartbeat(self) -> None:
         return None
 
-    def prepare(self, read_columns: Sequence[str], current_hash: Callable[..., Any]) -> None:
+    def prepare(
+        self, read_columns: Sequence[str], current_hash: Callable[..., Any], outputs: Any = None
+    ) -> None:  # noqa: E501
         assert list(read_columns) == ["prompt"]
+        assert not outputs
 
     def count_todo(self, **_: Any) -> int:
         return len(self.rows)

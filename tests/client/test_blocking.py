@@ -72,7 +72,7 @@ def test_workflow_result(fake_dify: FakeDify, make_client) -> None:
     assert result.outputs == data["outputs"] == {"result": "city=Paris"}
     assert result.usage.total_tokens == data["total_tokens"]
     assert result.workflow_run_id == record.response["workflow_run_id"]
-    assert result.answer == '{"result": "city=Paris"}'
+    assert result.answer == "city=Paris"  # the one string output itself, not {"result": ...}
 
 
 def test_latency_ms_covers_server_time(make_client) -> None:
@@ -114,7 +114,9 @@ def test_get_workflow_run_matches_the_run(make_client) -> None:
 def test_call_dispatches_by_family(fake_dify: FakeDify, make_client, family, kwargs, path) -> None:
     result = make_client(family).call(family, user="u", **kwargs)
     assert result.status == "succeeded"
-    assert _last(fake_dify, path).body["response_mode"] == "blocking"
+    # Workflows stream by default: only their node events carry the price.
+    expected = "streaming" if family == "workflow" else "blocking"
+    assert _last(fake_dify, path).body["response_mode"] == expected
 
 
 def test_call_agent_chat_defaults_to_streaming(fake_dify: FakeDify, make_client) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from decimal import Decimal
 
 import pytest
 
 from airflow_dify.testing import FakeDify, Fault
+from airflow_dify.testing.answers import answer_text
 from tests.airflow_run import run_batch_dag
 from tests.sql_fixtures import SqlDb, unique_table
 
@@ -56,12 +56,14 @@ def test_every_written_column_matches_the_request_log(
         sql_db.drop(table)
     records = generation_records(fake_dify)
     assert len(records) == 40 and all(r.status == 200 for r in records)
+    bills = {b.workflow_run_id: b for b in fake_dify.billing}
     by_prompt = {}
     for rec in records:
         key = rec.body["inputs"]["question"] if mode == "workflow" else rec.body["query"]
         by_prompt[key] = rec
         assert rec.body["user"] == f"airflow-op_{mode}_{sql_db.kind}"
-        assert rec.body["response_mode"] == "blocking"
+        # Workflows stream by default: only their node events carry the price.
+        assert rec.body["response_mode"] == ("streaming" if mode == "workflow" else "blocking")
         if mode == "chat":
             assert rec.body["auto_generate_name"] is False
     expected_tokens = 0
@@ -70,10 +72,11 @@ def test_every_written_column_matches_the_request_log(
         resp = by_prompt[prompt].response
         assert row["status"] == "succeeded" and row["error"] is None and row["attempts"] == 1
         if mode == "workflow":
-            assert json.loads(row["answer"]) == resp["data"]["outputs"]
-            assert row["total_tokens"] == resp["data"]["total_tokens"] and row["total_price"] is None
-            assert row["message_id"] == resp["workflow_run_id"]
-            expected_tokens += resp["data"]["total_tokens"]
+            bill = bills[row["message_id"]]  # the run id; what FakeDify charged for that run
+            assert row["answer"] == answer_text(None, {"question": prompt})  # the one output, as text
+            assert row["total_tokens"] == bill.total_tokens and row["currency"] == bill.currency
+            assert Decimal(str(row["total_price"])) == bill.total_price
+            expected_tokens += bill.total_tokens
         else:
             usage = resp["metadata"]["usage"]
             assert row["answer"] == resp["answer"]

@@ -18,9 +18,10 @@ def chat_queries(fake: FakeDify) -> list[str]:
     return sorted(r.body["query"] for r in fake.requests if r.path == "/chat-messages")
 
 
-def sha(query: str, inputs: dict) -> str:
+def sha(query: str, inputs: dict, app: dict | None = None) -> str:
+    """Computed independently: the app's identity is its family and its name (GET /info)."""
     canonical = json.dumps(
-        {"app": {"family": "chat"}, "inputs": inputs, "query": query},
+        {"app": app or {"family": "chat", "name": "Fake Chatbot"}, "inputs": inputs, "query": query},
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

@@ -32,7 +32,7 @@ AMBIGUOUS = {  # the server may have run (and billed) the call: reported, never 
     "connection reset": (Fault("reset", on=[3]), "completion"),
     "read timeout": (Fault("stall", delay=2.0, on=[3]), "chat"),
     "truncated JSON": (Fault("truncated", on=[3]), "chat"),
-    "malformed JSON": (Fault("malformed", on=[3]), "workflow"),
+    "malformed JSON": (Fault("malformed", on=[3]), "completion"),  # a blocking body (workflows stream)
 }
 WORKFLOW_STATUS = ["failed", "partial-succeeded", "paused"]
 

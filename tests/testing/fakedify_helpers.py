@@ -1,4 +1,5 @@
-"""Shared helpers for the FakeDify tests: shape comparison, OpenAPI validation, SSE parsing."""
+"""Shared helpers for the FakeDify tests: shape comparison, OpenAPI validation, SSE parsing, and
+calling the pure request handler."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+
+from airflow_dify.testing.exchange import Reply, Request, Response, Stream
+from airflow_dify.testing.handler import handle
+from airflow_dify.testing.state import FakeState
 
 DATA = Path(__file__).parent / "data"
 _SCHEMAS = json.loads((DATA / "openapi_schemas.json").read_text())
@@ -81,3 +86,35 @@ def parse_sse(text: str) -> tuple[list[str], list[dict[str, Any]]]:
             elif line:
                 other.append(line)
     return other, events
+
+
+def call(state: FakeState, path: str, body: Any = None, mode: str = "chat", method: str = "POST") -> Reply:
+    """One request to the handler, with the key of the first app of ``mode``."""
+    headers = {"authorization": f"Bearer {state.app(mode).key}"}
+    raw = json.dumps(body).encode() if body is not None else b""
+    return handle(Request(method, f"/v1{path}", headers, raw), state)
+
+
+def response(reply: Reply) -> Response:
+    assert isinstance(reply.send, Response), reply.send
+    return reply.send
+
+
+def stream(reply: Reply) -> Stream:
+    assert isinstance(reply.send, Stream), reply.send
+    return reply.send
+
+
+def decoded(reply: Reply) -> Any:
+    return json.loads(response(reply).body)
+
+
+def events(reply: Reply) -> list[dict[str, Any]]:
+    """The decoded ``data:`` events of a streamed reply."""
+    return parse_sse(b"".join(frame.data for frame in stream(reply).frames).decode())[1]
+
+
+def served(reply: Reply) -> Reply:
+    """``reply`` after a server has sent it (recorded, and billed when the work was done)."""
+    reply.close()
+    return reply

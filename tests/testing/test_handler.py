@@ -8,34 +8,16 @@ from typing import Any
 import pytest
 
 from airflow_dify.testing import FakeApp, Fault, answer_text
-from airflow_dify.testing.exchange import Reply, Request, Reset, Response, Stream
+from airflow_dify.testing.exchange import Request, Reset
 from airflow_dify.testing.faults import TOKEN_PATH
 from airflow_dify.testing.handler import handle
 from airflow_dify.testing.limits import Limits
 from airflow_dify.testing.oauth import OAuthClient
 from airflow_dify.testing.state import FakeState
 
+from .fakedify_helpers import call, decoded, response, stream
+
 CHAT = {"query": "q", "inputs": {}, "user": "u"}
-
-
-def call(state: FakeState, path: str, body: Any = None, mode: str = "chat", method: str = "POST") -> Reply:
-    headers = {"authorization": f"Bearer {state.app(mode).key}"}
-    raw = json.dumps(body).encode() if body is not None else b""
-    return handle(Request(method, f"/v1{path}", headers, raw), state)
-
-
-def response(reply: Reply) -> Response:
-    assert isinstance(reply.send, Response), reply.send
-    return reply.send
-
-
-def stream(reply: Reply) -> Stream:
-    assert isinstance(reply.send, Stream), reply.send
-    return reply.send
-
-
-def decoded(reply: Reply) -> Any:
-    return json.loads(response(reply).body)
 
 
 def in_flight(state: FakeState, mode: str = "chat") -> int:
