@@ -163,6 +163,11 @@ def parse_json_answer(row_id: Any, answer: str | None) -> Any:
         ) from None
 
 
+def _plain(value: Any) -> Any:
+    """Decimals (exact numbers parsed from JSON) shown as the numbers they are."""
+    return float(value) if isinstance(value, Decimal) else str(value)
+
+
 def _get(obj: Any, path: str) -> Any:
     for part in path.split("."):
         if not isinstance(obj, Mapping) or part not in obj:
@@ -187,7 +192,7 @@ def _checked(row_id: Any, f: OutputField, value: Any) -> Any:
         "object": isinstance(value, Mapping),
     }[kind]
     if not ok:
-        shown = json.dumps(value, default=str)[:60]
+        shown = json.dumps(value, default=_plain)[:60]
         raise RowError("invalid_output", f"row {row_id!r}: output {f.path!r} must be {kind}, got {shown}")
     if f.enum is not None and value not in f.enum:
         raise RowError(

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from airflow_dify.testing import FakeDify
+from airflow_dify.testing import FakeApp, FakeDify
 from tests.airflow_run import run_batch_dag
 from tests.sql_fixtures import SqlDb, unique_table
 
@@ -123,3 +123,34 @@ def test_changed_needs_a_hash_function(sqlite_db: SqlDb) -> None:
         assert t.count_todo(redo="changed") == 1
         with pytest.raises(ValueError, match="current_hash"):
             t.iter_chunks(10, redo="changed")
+
+
+def test_another_app_of_the_same_family_is_changed_and_pre_identity_hashes_are_kept(
+    sqlite_db: SqlDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    apps = [FakeApp("chat", name="Support bot"), FakeApp("chat", name="Support bot v2")]
+    table = unique_table()
+    sqlite_db.create_prompts(table, [(i, f"q{i}") for i in range(1, 11)])
+    kwargs = {"table": table, "sql_conn_id": "sql_test", "dify_conn_id": "dify_test", "redo": "changed"}
+    with FakeDify(apps) as fake:
+
+        def run(app: FakeApp, name: str) -> list[str]:
+            conn = {"conn_type": "dify", "host": fake.url, "password": app.key}
+            monkeypatch.setenv("AIRFLOW_CONN_DIFY_TEST", json.dumps(conn))
+            fake.reset()
+            state, _ = run_batch_dag(name, **kwargs)
+            assert state == "success"
+            return chat_queries(fake)
+
+        assert len(run(apps[0], "identity_a")) == 10
+        # Row 3 as a version before the app's name was hashed left it: family only.
+        legacy = sha("q3", {}, app={"family": "chat"})
+        sqlite_db.execute(f"UPDATE {table} SET input_hash = ? WHERE id = 3", (legacy,))
+        assert run(apps[0], "identity_a_again") == []  # an upgrade re-bills nothing
+
+        queries = run(apps[1], "identity_b")
+        assert queries == sorted(f"q{i}" for i in range(1, 11) if i != 3)  # row 3's app is unknown: kept
+        hashes = dict(sqlite_db.query(f"SELECT id, input_hash FROM {table}"))
+        assert hashes[1] == sha("q1", {}, app={"family": "chat", "name": "Support bot v2"})
+        assert hashes[3] == legacy
+        assert run(apps[1], "identity_b_again") == []
