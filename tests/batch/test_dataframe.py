@@ -18,7 +18,7 @@ from airflow_dify.batch.rows import PromptBuilder
 from airflow_dify.batch.run import run_batch
 from airflow_dify.client import DifyClient
 from airflow_dify.sql.table import SqlTable
-from airflow_dify.testing import FakeDify, answer_text, make_usage, prompt_text
+from airflow_dify.testing import FakeApp, FakeDify, Fault, answer_text, make_usage, prompt_text
 
 GENERATION_PATHS = ("/chat-messages", "/completion-messages", "/workflows/run")
 RESULT_FIELDS = ["answer", "status", "prompt_tokens", "completion_tokens", "total_tokens", "currency"]
@@ -185,3 +185,42 @@ def test_sql_only_options_and_bad_frames_are_refused(client: DifyClient) -> None
         answer_dataframe(pd.DataFrame({"prompt": ["a"]}), client, app_mode="agentic")
     with pytest.raises(ValueError, match="redo"):
         answer_dataframe(pd.DataFrame({"prompt": ["a"]}), client, app_mode="chat", redo="some")
+
+
+def test_output_schema_gives_typed_frame_columns_and_keeps_bad_answers() -> None:
+    def answer(query: str | None, inputs: dict) -> str:
+        n = int((query or "0").split()[-1])
+        return "not json" if n == 3 else json.dumps({"label": f"l{n}", "n": n, "ok": n % 2 == 0})
+
+    schema = {
+        "type": "object",
+        "properties": {"label": {"type": "string"}, "n": {"type": "integer"}, "ok": {"type": "boolean"}},
+        "required": ["label"],
+    }
+    df = pd.DataFrame({"prompt": [f"row {i}" for i in range(6)]})
+    with FakeDify([FakeApp("chat", answer=answer)]) as fake, DifyClient(fake.url, fake.app("chat").key) as c:
+        out, summary = answer_dataframe(df, c, app_mode="chat", output_schema=schema, max_failed_ratio=None)
+        fake.reset()
+        again, _ = answer_dataframe(out, c, app_mode="chat", output_schema=schema, redo="failed")
+        assert fake.calls() == 1  # only the bad row is asked again
+    assert summary.succeeded == 5 and summary.error_codes == {"invalid_output": 1}
+    assert str(out["n"].dtype) == "Int64" and str(out["ok"].dtype) == "boolean"
+    assert out["n"].tolist()[:3] == [0, 1, 2] and pd.isna(out.loc[3, "n"])
+    assert out.loc[3, "answer"] == "not json" and "the answer is not JSON" in out.loc[3, "error"]
+    assert out.loc[3, "total_price"] is not None  # paid for: kept
+    assert again.loc[4, "label"] == "l4" and again["ok"].tolist()[:3] == [True, False, True]
+
+
+def test_a_failed_re_run_never_replaces_an_answer_in_the_frame(
+    fake_dify: FakeDify, client: DifyClient
+) -> None:
+    first, _ = answer_dataframe(pd.DataFrame({"prompt": ["a", "b", "c"]}), client, app_mode="chat")
+    fake_dify.faults.add(Fault("status", status=400, code="invalid_param"))
+    again, summary = answer_dataframe(first, client, app_mode="chat", redo="all", max_failed_ratio=None)
+    assert summary.failed == 3
+    assert again["answer"].tolist() == first["answer"].tolist() == ["Answer: a", "Answer: b", "Answer: c"]
+    assert (
+        again["status"].tolist() == ["succeeded"] * 3
+        and again["total_price"].tolist() == first["total_price"].tolist()
+    )
+    assert all("invalid_param" in e for e in again["error"]) and again["attempts"].tolist() == [1, 1, 1]
