@@ -140,6 +140,9 @@ class ResultWriter:
 
     def _row(self, fields: Sequence[str], owners: int, outcome: RowOutcome) -> list[Any]:
         dialect = self.db.dialect
+        if not self.outputs:  # the common case, on the hot path: no per-field lookup
+            values = [dialect.adapt(f, getattr(outcome, f)) for f in fields]
+            return values + [self.owner] * owners + [outcome.row_id]
         values = []
         for f in fields:
             output = self.outputs.get(f)
