@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +84,25 @@ def params(*, sqlite: bool = True) -> list[Any]:
         pytest.param("mysql", marks=pytest.mark.mysql),
     ]
     return out
+
+
+def run_sql(
+    connect: Callable[[], Any], sql: str, params: Any = None, *, many: bool = False, fetch: bool = False
+) -> tuple[list[tuple], list[str]]:
+    """One statement on a fresh connection, committed: (rows if ``fetch``, column names)."""
+    with closing(connect()) as db:
+        cur = db.cursor()
+        if many:
+            cur.executemany(sql, params)
+        elif params is None:
+            cur.execute(sql)
+        else:
+            cur.execute(sql, params)
+        rows = list(cur.fetchall()) if fetch else []
+        names = [d[0] for d in cur.description or ()]
+        db.commit()
+        return rows, names
+
+
+def fetch_all(connect: Callable[[], Any], sql: str) -> list[tuple]:
+    return run_sql(connect, sql, fetch=True)[0]

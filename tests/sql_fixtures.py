@@ -30,13 +30,7 @@ class SqlDb:
         return databases.connect(self.kind, self.sqlite_path)
 
     def _run(self, sql: str, params: Sequence[Any], fetch: bool) -> tuple[list[tuple], list[str]]:
-        with closing(self.connect()) as db:
-            cur = db.cursor()
-            cur.execute(sql.replace("?", self.ph), tuple(params))
-            rows = list(cur.fetchall()) if fetch else []
-            names = [d[0] for d in cur.description or ()]
-            db.commit()
-            return rows, names
+        return databases.run_sql(self.connect, sql.replace("?", self.ph), tuple(params), fetch=fetch)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._run(sql, params, fetch=False)

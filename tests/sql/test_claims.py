@@ -37,22 +37,10 @@ class Db:
         return databases.connect(self.kind)
 
     def execute(self, sql: str, rows: list[tuple] | None = None) -> None:
-        conn = self.connect()
-        try:
-            cur = conn.cursor()
-            cur.executemany(sql, rows) if rows is not None else cur.execute(sql)
-            conn.commit()
-        finally:
-            conn.close()
+        databases.run_sql(self.connect, sql, rows, many=rows is not None)
 
     def fetch(self, sql: str) -> list[tuple]:
-        conn = self.connect()
-        try:
-            cur = conn.cursor()
-            cur.execute(sql)
-            return list(cur.fetchall())
-        finally:
-            conn.close()
+        return databases.fetch_all(self.connect, sql)
 
     def make(self, n: int, id_type: str = "BIGINT") -> None:
         self.execute(f"CREATE TABLE {self.table} (id {id_type} PRIMARY KEY, prompt TEXT)")

@@ -34,25 +34,10 @@ class Backend:
     named: str  # named placeholder template, {} = name
 
     def execute(self, sql: str, params: Any = None, many: bool = False) -> None:
-        conn = self.connect()
-        try:
-            cur = conn.cursor()
-            if many:
-                cur.executemany(sql, params)
-            else:
-                cur.execute(sql, params) if params is not None else cur.execute(sql)
-            conn.commit()
-        finally:
-            conn.close()
+        databases.run_sql(self.connect, sql, params, many=many)
 
     def fetch(self, sql: str) -> list[tuple]:
-        conn = self.connect()
-        try:
-            cur = conn.cursor()
-            cur.execute(sql)
-            return cur.fetchall()
-        finally:
-            conn.close()
+        return databases.fetch_all(self.connect, sql)
 
     def make(self, ids: list[int], extra_cols: str = "") -> None:
         """Create the test table with an integer id, a prompt and ``extra_cols``; insert ``ids``."""

@@ -43,31 +43,14 @@ class Backend:
         self.table = f"w_{uuid.uuid4().hex[:12]}"
 
     def execute(self, sql: str, params: Any = None) -> None:
-        conn = self.connect()
-        try:
-            conn.cursor().execute(sql, params) if params is not None else conn.cursor().execute(sql)
-            conn.commit()
-        finally:
-            conn.close()
+        databases.run_sql(self.connect, sql, params)
 
     def records(self, sql: str) -> list[dict[str, Any]]:
-        conn = self.connect()
-        try:
-            cur = conn.cursor()
-            cur.execute(sql)
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-        finally:
-            conn.close()
+        rows, names = databases.run_sql(self.connect, sql, fetch=True)
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
     def fetch(self, sql: str) -> list[tuple]:
-        conn = self.connect()
-        try:
-            cur = conn.cursor()
-            cur.execute(sql)
-            return cur.fetchall()
-        finally:
-            conn.close()
+        return databases.fetch_all(self.connect, sql)
 
     def make(self, n: int, extra_cols: str = "") -> SqlTable:
         """Table with ids 1..n and an answer column (so constraints can target it) registered as the
