@@ -234,6 +234,25 @@ def test_a_failed_rerun_never_replaces_an_answer(db: Backend) -> None:
     assert rows[2]["status"] == FAILED and rows[2]["answer"] is None  # no answer to keep: replaced
 
 
+def test_a_rerun_answer_that_fails_its_schema_is_stored_raw_with_its_price(db: Backend) -> None:
+    """The new answer was asked for and paid for: stored with its price and the reason, not dropped."""
+    table = db.make(1)
+    table.write_results([_ok(1, total_price=Decimal("0.25"))])
+    invalid = RowOutcome(
+        row_id=1,
+        status=FAILED,
+        answer="not json",
+        error="invalid_output: row 1: the answer is not JSON",
+        error_code="invalid_output",
+        total_price=Decimal("0.125"),
+        prior_status=SUCCEEDED,
+    )
+    table.write_results([invalid])
+    (row,) = db.records(f"SELECT status, answer, error, total_price FROM {db.table}")
+    assert row["status"] == FAILED and row["answer"] == "not json" and "not JSON" in row["error"]
+    assert Decimal(str(row["total_price"])) == Decimal("0.125")
+
+
 def test_sqlite_autocommit_connection_still_saves_the_good_rows(tmp_path: Path) -> None:
     path = tmp_path / "auto.sqlite"
     db = Backend("sqlite", lambda: sqlite3.connect(path, isolation_level=None), "?")
