@@ -111,6 +111,14 @@ class RowOutcome:
     failure: str | None = None
     #: Output column -> value, when the batch maps outputs to columns (see batch/outputs.py).
     outputs: Mapping[str, Any] | None = None
+    #: The workflow run that answered (workflow and chatflow apps); ``message_id`` holds it for
+    #: workflow apps, which have no message. Not a column: the usage ledger keeps it.
+    workflow_run_id: str | None = None
+    #: Earlier attempts of this call that may have been billed (re-sent after a timeout or 504):
+    #: each is one ``maybe_billed`` entry in the usage ledger.
+    earlier_maybe_billed: int = 0
+    #: The X-Trace-Id the call was sent with.
+    trace_id: str | None = None
 
     @property
     def keeps_prior_answer(self) -> bool:

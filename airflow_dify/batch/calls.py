@@ -44,6 +44,7 @@ def _result_fields(result: DifyResult | None) -> dict[str, Any]:
     fields["message_id"] = result.message_id or result.workflow_run_id
     fields["conversation_id"] = result.conversation_id
     fields["workflow_id"] = result.workflow_id
+    fields["workflow_run_id"] = result.workflow_run_id
     return fields
 
 
@@ -59,6 +60,7 @@ def outcome_from_result(row_id: Any, result: DifyResult, *, input_hash: str | No
         answered_at=_now(),
         attempts=attempts,
         input_hash=input_hash,
+        earlier_maybe_billed=result.maybe_billed_retries,
         **_result_fields(result),
     )
 
@@ -79,6 +81,7 @@ def outcome_from_error(row_id: Any, err: DifyError, *, input_hash: str | None = 
         # Kept on failures too: redo="changed" re-asks a failed row only once its content changes
         # (redo="failed" retries it as is).
         input_hash=input_hash,
+        earlier_maybe_billed=err.maybe_billed_retries,
         **_result_fields(err.result),
     )
 

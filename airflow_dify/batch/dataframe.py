@@ -184,7 +184,10 @@ class FrameRows:
             yield page
 
     # -- results ------------------------------------------------------------------------------
-    def write_results(self, outcomes: Sequence[RowOutcome]) -> None:
+    def bind_app(self, app_mode: str, workflow_id: str | None) -> None:
+        """The DataFrame path keeps no usage ledger: the frame's own columns are its record."""
+
+    def write_results(self, outcomes: Sequence[RowOutcome], ledger_only: Sequence[RowOutcome] = ()) -> None:
         arrays = self.arrays
         for outcome in outcomes:
             pos = outcome.row_id

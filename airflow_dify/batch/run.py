@@ -60,7 +60,12 @@ class RowSource(Protocol):
 class ResultSink(Protocol):
     """Where outcomes go: one call per group commit."""
 
-    def write_results(self, outcomes: Sequence[RowOutcome]) -> None: ...
+    def bind_app(self, app_mode: str, workflow_id: str | None) -> None:
+        """The app this run calls (after pre-flight), for the usage ledger."""
+
+    def write_results(self, outcomes: Sequence[RowOutcome], ledger_only: Sequence[RowOutcome] = ()) -> None:
+        """Store ``outcomes``; ``ledger_only`` rows stay as they are, but their calls may have been
+        billed: record those in the usage ledger (in the same transaction)."""
 
 
 class SupportsBatch(SupportsCall, SupportsInfo, Protocol):
@@ -92,6 +97,7 @@ def run_batch(
             f"(only {' and '.join(VERSIONED_MODES)} apps do); drop workflow_id; no row was called"
         )
     source.prepare(builder.read_columns, builder.current_hash, outputs=outputs.column_kinds())
+    sink.bind_app(mode, options.workflow_id)
     logger.info(
         "Dify batch: mode=%s, max_concurrency=%s, chunk_size=%s, redo=%s",
         mode,
@@ -162,8 +168,15 @@ def drive(
                 break
             outcomes = calls.wait(timeout=0.5)
             if outcomes:
-                saved = [o for o in outcomes if not breaker.holds_back(o)]
-                if saved:
+                saved, billed_held = [], []  # held back rows stay pending; their calls may be billed
+                for o in outcomes:
+                    if not breaker.holds_back(o):
+                        saved.append(o)
+                    elif o.maybe_billed or o.earlier_maybe_billed:
+                        billed_held.append(o)
+                if billed_held:
+                    sink.write_results(saved, billed_held)
+                elif saved:
                     sink.write_results(saved)
                 calls.release(len(outcomes))
                 for outcome in saved:

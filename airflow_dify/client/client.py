@@ -253,9 +253,10 @@ class DifyClient:
         text = len(body.get("query") or "") + sum(len(str(v)) for v in (body.get("inputs") or {}).values())
         estimate = self.completion_token_estimate + text // 4
         attempts = 0
+        maybe_billed = 0  # failed attempts so far that may have run (the usage ledger counts them)
 
         def attempt() -> DifyResult:
-            nonlocal attempts
+            nonlocal attempts, maybe_billed
             attempts += 1
             permit = self.pool.acquire(estimate)
             used: int | None = estimate
@@ -268,11 +269,16 @@ class DifyClient:
                     result = _parse(family, json_body(resp, ctx), _ms(started))
                 total = result.usage.total_tokens
                 used = total if total is not None else estimate
-                return replace(result, attempts=attempts) if attempts > 1 else result
+                if attempts > 1:
+                    return replace(result, attempts=attempts, maybe_billed_retries=maybe_billed)
+                return result
             except DifyError as err:
                 used = self._charge_for(err)
                 if isinstance(err, DifyRateLimitError):
                     self.pool.throttled()  # the whole pool slows down, not just this thread
+                earlier, maybe_billed = maybe_billed, maybe_billed + int(err.maybe_billed)
+                if earlier:
+                    raise err.evolve(maybe_billed_retries=earlier) from err.__cause__
                 raise
             finally:
                 permit.settle(used)

@@ -30,6 +30,7 @@ class DifyError(AirflowDifyError):
     :param result: the partial result when Dify answered but the run did not succeed.
     :param workflow_run_id: a known run id (a broken stream after ``workflow_started``): look the
         run up instead of running it again.
+    :param maybe_billed_retries: earlier attempts of the same call that may have been billed.
     """
 
     retryable: bool = False
@@ -60,6 +61,7 @@ class DifyError(AirflowDifyError):
         maybe_billed: bool | None = None,
         result: DifyResult | None = None,
         workflow_run_id: str | None = None,
+        maybe_billed_retries: int = 0,
     ) -> None:
         self.message = message
         self.status = status
@@ -72,6 +74,7 @@ class DifyError(AirflowDifyError):
         self.attempts = attempts
         self.result = result
         self.workflow_run_id = workflow_run_id
+        self.maybe_billed_retries = maybe_billed_retries
         super().__init__(self.summary())
 
     def summary(self) -> str:
@@ -90,6 +93,7 @@ class DifyError(AirflowDifyError):
             "attempts": self.attempts,
             "result": self.result,
             "workflow_run_id": self.workflow_run_id,
+            "maybe_billed_retries": self.maybe_billed_retries,
         }
 
     def evolve(self: E, **changes: Any) -> E:

@@ -100,6 +100,8 @@ class DifyResult:
     created_at: int | None = None
     #: HTTP attempts this call took (1 = no retry); set by the client.
     attempts: int = 1
+    #: Of those, failed attempts that may have run and been billed (re-sent timeouts, 504s).
+    maybe_billed_retries: int = 0
 
     @classmethod
     def from_message(cls, body: dict[str, Any], *, mode: str, latency_ms: int | None = None) -> DifyResult:

@@ -20,6 +20,7 @@ from airflow_dify.operators.errors import DifyBatchFailedError, DifyBatchKilledE
 from airflow_dify.operators.lineage import default_outlets, operator_lineage, table_ref
 from airflow_dify.sql.claims import ClaimOwner
 from airflow_dify.sql.dialects import dialect_for
+from airflow_dify.sql.ledger import DEFAULT_LEDGER_TABLE, LedgerContext
 from airflow_dify.sql.table import SqlTable
 
 if TYPE_CHECKING:
@@ -98,6 +99,10 @@ class DifyBatchOperator(BaseOperator):
     :param outage_seconds: stop when no call has reached Dify for this many seconds; the rows not
         answered stay pending and the task fails naming the cause (also on a revoked key, a
         disabled app or an exhausted quota, which stop it at once).
+    :param ledger_table: the usage ledger on the same SQL connection: one appended row per call
+        Dify billed or may have billed (task try, row id, message/run id, tokens, exact price,
+        outcome), written in the same transaction as the row's result; created when missing.
+        Spend stays exact after answers are replaced. None: no ledger.
     """
 
     template_fields: Sequence[str] = (
@@ -112,6 +117,9 @@ class DifyBatchOperator(BaseOperator):
         "shard_index",
         "shard_count",
         "workflow_id",
+        "ledger_table",
+        # A cap from an upstream task, e.g. an approved estimate (dags/example_dify_approved_batch.py).
+        "max_total_price",
     )
     template_fields_renderers = {"where": "sql", "input_columns": "json", "where_parameters": "json"}
     ui_color = "#e6f0ff"
@@ -152,6 +160,7 @@ class DifyBatchOperator(BaseOperator):
         response_mode: str | None = None,
         resend_maybe_billed: bool = False,
         outage_seconds: float = 60.0,
+        ledger_table: str | None = DEFAULT_LEDGER_TABLE,
         **kwargs: Any,
     ) -> None:
         if "outlets" not in kwargs:  # an explicit outlets (even []) wins over the derived Asset
@@ -162,6 +171,7 @@ class DifyBatchOperator(BaseOperator):
         self.sql_conn_id = sql_conn_id
         self.dify_conn_id = dify_conn_id
         self.id_column = id_column
+        self.ledger_table = ledger_table
         self.shard_index = shard_index
         self.shard_count = shard_count
         # Every other argument is a BatchOptions field, kept under its own name for templating.
@@ -212,6 +222,14 @@ class DifyBatchOperator(BaseOperator):
             columns=self._options(None).result_columns,
             results_table=self.results_table,
             owner=owner,
+            ledger_table=self.ledger_table or None,
+            ledger_context=LedgerContext(
+                dag_id=ti.dag_id,
+                run_id=ti.run_id,
+                task_id=ti.task_id,
+                map_index=map_index,
+                try_number=ti.try_number,
+            ),
         )
 
     def execute(self, context: Context) -> dict[str, Any]:

@@ -30,6 +30,7 @@ engine can fail just that row.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -42,6 +43,7 @@ from airflow_dify.sql.connection import SqlConnection
 from airflow_dify.sql.dialects import DIALECTS, Dialect, InvalidText, is_integer_type, quote_identifier
 from airflow_dify.sql.errors import SqlTableError, SqlWriteError
 from airflow_dify.sql.layout import CLAIM_FIELDS, ResultStore, TableNames
+from airflow_dify.sql.ledger import Ledger, LedgerContext
 from airflow_dify.sql.output_types import OutputColumn
 from airflow_dify.sql.paging import keyset_pages
 from airflow_dify.sql.schema import Schema
@@ -80,6 +82,9 @@ class SqlTable:
     :param write_retries: extra attempts for a group write that failed on the connection.
     :param write_backoff: seconds before the first such retry; doubles each retry.
     :param current_hash: row dict -> the input_hash it would be sent with now; for ``redo="changed"``.
+    :param ledger_table: append one row per billed call to this table (created when missing;
+        see :mod:`airflow_dify.sql.ledger`); None: no ledger.
+    :param ledger_context: who is calling (the Airflow task try), stored with every entry.
     """
 
     def __init__(
@@ -98,6 +103,8 @@ class SqlTable:
         write_retries: int = 3,
         write_backoff: float = 0.5,
         current_hash: Callable[[Mapping[str, Any]], str | None] | None = None,
+        ledger_table: str | None = None,
+        ledger_context: LedgerContext | None = None,
     ) -> None:
         if dialect not in DIALECTS:
             raise SqlTableError(f"dialect: {dialect!r} is not one of {list(DIALECTS)}")
@@ -143,6 +150,10 @@ class SqlTable:
         )
         self._store = ResultStore(self._db, self._schema, layout, claims)
         self._held = HeldClaims(lease=float(lease_seconds))
+        context = ledger_context or LedgerContext()
+        if context.source_table is None:
+            context = dataclasses.replace(context, source_table=table)
+        self._ledger = Ledger(self._db, ledger_table, context) if ledger_table else None
         self._writer = ResultWriter(
             self._db,
             results_table or table,
@@ -154,6 +165,7 @@ class SqlTable:
             retries=int(write_retries),
             backoff=float(write_backoff),
             on_written=self._held.wrote,
+            ledger=self._ledger,
         )
         self._integer_ids: bool | None = None
         self._claimer = Claimer(
@@ -267,6 +279,13 @@ class SqlTable:
         self.validate()
         self.check_unique_ids()
         self.ensure_result_columns()
+        if self._ledger is not None:
+            self._ledger.ensure()
+
+    def bind_app(self, app_mode: str, workflow_id: str | None) -> None:
+        """The app the run calls, recorded with every ledger entry."""
+        if self._ledger is not None:
+            self._ledger.bind_app(app_mode, workflow_id)
 
     # -- reading ------------------------------------------------------------------------------
     def _layout(self) -> Layout:
@@ -389,6 +408,11 @@ class SqlTable:
             page = self._unchanged_dropped([dict(zip(keys, r[:-2], strict=True)) for r in takeable], redo)
             ids = [row[self.id_column] for row in page]
             got = self._claimer.claim(cur, ids, redo, self._store.status_column(), now) if ids else set()
+            if self._ledger is not None and got:
+                # Rows another try held and never wrote: it may have called them (same transaction).
+                mine = self.owner.token
+                lost = [(r[0], r[-2]) for r in takeable if r[-2] not in (None, mine) and r[0] in got]
+                self._ledger.add_lost(cur, lost)
         self.skipped_claimed += len(page) - len(got)
         claimed = [row for row in page if row[self.id_column] in got]
         self._held.took(row[self.id_column] for row in claimed)
@@ -406,12 +430,13 @@ class SqlTable:
             self._claimer.release(self.table)
 
     # -- writing ------------------------------------------------------------------------------
-    def write_results(self, outcomes: Sequence[RowOutcome]) -> None:
+    def write_results(self, outcomes: Sequence[RowOutcome], ledger_only: Sequence[RowOutcome] = ()) -> None:
         """Write one group of outcomes (one transaction; row by row if the group fails on its data).
 
-        Ids missing from the table update nothing (logged as a warning).
+        Ids missing from the table update nothing (logged as a warning). ``ledger_only``: rows left
+        as they are whose calls may have been billed: only their ledger entries are written.
         """
-        self._writer.write(outcomes)
+        self._writer.write(outcomes, ledger_only)
 
     @property
     def unsaved(self) -> list[Any]:

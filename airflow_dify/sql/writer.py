@@ -6,7 +6,8 @@ other row is saved, and the offending one is stored sanitised (NUL removed, note
 if even that fails, as ``failed`` with the database's reason; its usage and price are kept when
 they can be. A failed re-run of a row that already has an answer records only the attempt
 (``error``, ``attempts``): the answer, usage, price, status and ``input_hash`` stay.
-Writing a row also releases this run's claim on it, in the same statement.
+Writing a row also releases this run's claim on it, in the same statement, and inserts its usage
+ledger entries (see :mod:`airflow_dify.sql.ledger`) in the same transaction.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from airflow_dify.outcome import ATTEMPT_FIELDS, COLUMN_FIELDS, FAILED, ResultColumns, RowOutcome
 from airflow_dify.sql.connection import SqlConnection, error_brief
 from airflow_dify.sql.errors import SqlWriteError
+from airflow_dify.sql.ledger import Ledger
 from airflow_dify.sql.output_types import OutputColumn, output_placeholder, output_value
 from airflow_dify.sql.params import Params
 
@@ -91,6 +93,7 @@ class ResultWriter:
     :param q_claim: quoted (claimed_by, claimed_until), or None without claims.
     :param owner: this run's claim token (claims are released only if still ours).
     :param outputs: the typed output columns written with each full result.
+    :param ledger: the usage ledger that gets each written row's billed calls (None: no ledger).
     """
 
     def __init__(
@@ -107,12 +110,14 @@ class ResultWriter:
         backoff: float = 0.5,
         on_written: Callable[[Sequence[Any]], None] | None = None,
         outputs: Sequence[OutputColumn] = (),
+        ledger: Ledger | None = None,
     ) -> None:
         self.db, self.table, self.store, self.q_id = db, table, store, q_id
         self.q_result, self.q_claim, self.owner = q_result, q_claim, owner
         self.retries, self.backoff = retries, backoff
         self.on_written = on_written
         self.outputs = {o.field: o for o in outputs}
+        self.ledger = ledger
         #: Outcomes that could not be stored at all (logged); the summary reports them.
         self.unsaved: list[Any] = []
 
@@ -166,23 +171,31 @@ class ResultWriter:
                 plan.append((sql, [self._row(fields, owners, o) for o in group]))
         return plan
 
-    def _execute(self, plan: list[tuple[str, list[list[Any]]]]) -> int:
+    def _execute(self, plan: list[tuple[str, list[list[Any]]]], billed: Sequence[RowOutcome]) -> int:
+        """Run ``plan`` and insert the ledger entries of ``billed``, in one transaction."""
         updated = 0
         with self.db.transaction() as cur:
             for sql, rows in plan:
                 cur.executemany(sql, rows)
                 count = cur.rowcount
                 updated = -1 if updated < 0 or not isinstance(count, int) or count < 0 else updated + count
+            if self.ledger is not None and billed:
+                self.ledger.add(cur, billed)
         return updated
 
-    def write(self, outcomes: Sequence[RowOutcome]) -> None:
-        """Write one group; falls back to row by row so one bad row never costs the others."""
+    def write(self, outcomes: Sequence[RowOutcome], ledger_only: Sequence[RowOutcome] = ()) -> None:
+        """Write one group; falls back to row by row so one bad row never costs the others.
+
+        ``ledger_only``: outcomes whose rows stay as they are (held back by the circuit breaker)
+        but whose calls may have been billed: only their ledger entries are written.
+        """
         if not outcomes:
+            self._ledger_alone(ledger_only)
             return
         first_id = outcomes[0].row_id
         for attempt in range(1, self.retries + 2):
             try:
-                updated = self._execute(self._plan(outcomes))
+                updated = self._execute(self._plan(outcomes), [*outcomes, *ledger_only])
             except Exception as exc:
                 if _transient(exc) and attempt <= self.retries:
                     delay = self.backoff * 2 ** (attempt - 1)
@@ -203,7 +216,10 @@ class ResultWriter:
                     len(outcomes),
                     error_brief(exc),
                 )
-                self._one_by_one(outcomes, exc)
+                try:
+                    self._one_by_one(outcomes, exc)
+                finally:
+                    self._ledger_alone(ledger_only)
                 return
             if 0 <= updated < len(outcomes):
                 log.warning(
@@ -239,13 +255,13 @@ class ResultWriter:
         """Try the row as is, then sanitised, then as a failure keeping its money; None when stored."""
         clean, _note = sanitised(outcome)
         try:
-            self._execute(self._plan([outcome]))
+            self._execute(self._plan([outcome]), [outcome])
             self._written([outcome])
             return None
         except Exception as exc:  # noqa: BLE001 - the next, safer form is tried
             first = exc
         try:
-            self._execute(self._plan([clean]))
+            self._execute(self._plan([clean]), [outcome])
             self._written([outcome])
             log.warning(
                 "table %s: row %r stored sanitised (%s)", self.table, outcome.row_id, error_brief(first)
@@ -260,6 +276,8 @@ class ResultWriter:
             try:
                 with self.db.transaction() as cur:
                     cur.execute(sql, self._row(fields, owners, failure))
+                    if self.ledger is not None:
+                        self.ledger.add(cur, [outcome])  # the call's real usage, not the failure's
                 self._written([outcome])
                 log.warning(
                     "table %s: row %r stored as failed: %s", self.table, outcome.row_id, error_brief(first)
@@ -267,6 +285,8 @@ class ResultWriter:
                 return None
             except Exception as exc:  # noqa: BLE001
                 last = exc
+        if self.ledger is not None and self._without_ledger(outcome):
+            return None
         log.error(
             "table %s: the result of row %r could not be stored at all (%s); it stays claimed until "
             "its lease ends, then pending",
@@ -275,7 +295,37 @@ class ResultWriter:
             error_brief(last),
         )
         self.unsaved.append(outcome.row_id)
+        self._ledger_alone([outcome])
         return last
+
+    def _without_ledger(self, outcome: RowOutcome) -> bool:
+        """Last resort when the ledger itself refuses: keep the paid answer, log the money."""
+        try:
+            self._execute(self._plan([outcome]), ())
+        except Exception:  # noqa: BLE001 - the caller reports the original error
+            return False
+        self._written([outcome])
+        self._ledger_alone([outcome])
+        return True
+
+    def _ledger_alone(self, outcomes: Sequence[RowOutcome]) -> None:
+        """Ledger entries without a result write; on failure, the money is at least in the log."""
+        if self.ledger is None or not outcomes:
+            return
+        try:
+            with self.db.transaction() as cur:
+                self.ledger.add(cur, outcomes)
+        except Exception as exc:  # noqa: BLE001 - logged with what finance needs
+            for outcome in outcomes:
+                log.error(
+                    "ledger %s: the call of row %r (total_price %s %s, message %s) could not be recorded: %s",
+                    self.ledger.table,
+                    outcome.row_id,
+                    outcome.total_price,
+                    outcome.currency or "",
+                    outcome.message_id,
+                    error_brief(exc),
+                )
 
 
 def result_columns_sql(columns: ResultColumns, quote: Callable[[str, str], str]) -> dict[str, str]:

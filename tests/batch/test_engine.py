@@ -55,7 +55,11 @@ class Rows:
         for start in range(0, len(self.rows), chunk_size):
             yield [{**r, STATUS_KEY: None} for r in self.rows[start : start + chunk_size]]
 
-    def write_results(self, outcomes: Sequence[RowOutcome]) -> None:
+    def bind_app(self, app_mode: str, workflow_id: str | None) -> None:
+        self.app = (app_mode, workflow_id)
+
+    def write_results(self, outcomes: Sequence[RowOutcome], ledger_only: Sequence[RowOutcome] = ()) -> None:
+        self.ledger_only = [*getattr(self, "ledger_only", []), *ledger_only]
         self.outstanding_at_write.append(self.client.started - len(self.saved))
         ids = [o.row_id for o in outcomes]
         assert not set(ids) & set(self.saved), "a row was written twice"

@@ -18,6 +18,7 @@ import pytest
 
 from airflow_dify.outcome import FAILED, SUCCEEDED, RowOutcome
 from airflow_dify.sql.connection import SqlConnection
+from airflow_dify.sql.ledger import LedgerContext
 from airflow_dify.sql.schema import Schema
 from airflow_dify.sql.table import InvalidText, SqlTable, SqlWriteError
 from tests import databases
@@ -52,7 +53,7 @@ class Backend:
     def fetch(self, sql: str) -> list[tuple]:
         return databases.fetch_all(self.connect, sql)
 
-    def make(self, n: int, extra_cols: str = "") -> SqlTable:
+    def make(self, n: int, extra_cols: str = "", ledger: str | None = None) -> SqlTable:
         """Table with ids 1..n and an answer column (so constraints can target it) registered as the
         provider's own, as if it had created it; all result columns added."""
         self.execute(
@@ -61,8 +62,17 @@ class Backend:
         for i in range(1, n + 1):
             self.execute(f"INSERT INTO {self.table} (id, prompt) VALUES ({i}, 'p{i}')")
         own(self.connect, self.dialect, self.table, ["answer"])
-        table = SqlTable(self.connect, self.table, dialect=self.dialect, write_backoff=0.0)
+        table = SqlTable(
+            self.connect,
+            self.table,
+            dialect=self.dialect,
+            write_backoff=0.0,
+            ledger_table=ledger,
+            ledger_context=LedgerContext(dag_id="d", run_id="r", task_id="t", try_number=1),
+        )
         table.ensure_result_columns()
+        if table._ledger is not None:
+            table._ledger.ensure()
         return table
 
 
@@ -351,3 +361,39 @@ def test_non_utf8_text_is_flagged_per_row(tmp_path: Path) -> None:
     assert bad.message == "text is not valid UTF-8 (7 bytes, first invalid byte at offset 4)"
     assert "caf" not in repr(bad)
     assert rows[0]["prompt"] == "p1" and rows[2]["prompt"] == "p3"
+
+
+def test_ledger_entries_share_the_fate_of_the_group_and_survive_a_row_that_cannot_be_stored(
+    db: Backend,
+) -> None:
+    """A CHECK refuses row 3's answer: the group falls back to row by row. Rows 1, 2, 4 and their
+    entries commit together; row 3 is stored as failed with its price, and its paid call is in the
+    ledger at Dify's price; a maybe-billed retry and an unbilled refusal are recorded as such."""
+    book = f"l_{uuid.uuid4().hex[:10]}"
+    table = db.make(5, extra_cols=" CHECK (answer IS NULL OR answer <> 'boom')", ledger=book)
+    try:
+        paid = [Decimal("0.0012345"), Decimal("0.002"), Decimal("0.0031"), Decimal("0.004")]
+        outcomes = [
+            _ok(1, total_price=paid[0], message_id="m1", total_tokens=10),
+            _ok(2, total_price=paid[1], message_id="m2", total_tokens=10, earlier_maybe_billed=1),
+            RowOutcome(row_id=3, status=SUCCEEDED, answer="boom", total_price=paid[2], message_id="m3"),
+            _ok(4, total_price=paid[3], message_id="m4", total_tokens=10),
+            RowOutcome(row_id=5, status=FAILED, error="400 invalid_param: x", error_code="invalid_param"),
+        ]
+        table.write_results(outcomes)
+        status = dict(db.fetch(f"SELECT id, status FROM {db.table}"))
+        entries = db.records(f"SELECT row_id, message_id, total_price, outcome, error_code FROM {book}")
+    finally:
+        table.close()
+        db.execute(f"DROP TABLE IF EXISTS {book}")
+    assert status == {1: "succeeded", 2: "succeeded", 3: "failed", 4: "succeeded", 5: "failed"}
+    by_row = sorted((e["row_id"], e["outcome"], e["message_id"]) for e in entries)
+    assert by_row == [
+        ("1", "succeeded", "m1"),
+        ("2", "maybe_billed", None),
+        ("2", "succeeded", "m2"),
+        ("3", "succeeded", "m3"),  # the call succeeded and was paid; only storing its answer failed
+        ("4", "succeeded", "m4"),
+    ]
+    total = sum((Decimal(str(e["total_price"])) for e in entries if e["total_price"] is not None), Decimal(0))
+    assert total == sum(paid, Decimal(0))

@@ -5,7 +5,10 @@ retry delay) writes its pid and try number to a file; once 30 rows are answered 
 that process with SIGKILL, as the OOM killer would. Airflow marks the try failed and starts the
 next one, which takes over the claims of the try that died (same task instance) instead of
 waiting out their lease. Checked: the run succeeds, every row is answered, and the requests
-repeated because of the kill are at most max_concurrency.
+repeated because of the kill are at most max_concurrency. The usage ledger has one entry per
+call the client saw billed, exactly Dify's price; the calls lost in the kill (billed by Dify, never
+seen) each have a ``maybe_billed`` entry for their row, so the ledger's sum plus those calls is
+Dify's invoice to the cent.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 import uuid
 from collections import Counter
 from contextlib import closing
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -136,7 +140,34 @@ def test_sigkill_then_airflows_own_retry_finishes_the_rows(metadata, tmp_path: P
     assert repeated <= CONCURRENCY, f"{repeated} requests repeated after the kill"
     # The retry took the dead try's claims over at once: it did not wait out their 60 s lease.
     assert summary["skipped_claimed"] == 0 and recovered_in < 60, (summary, recovered_in)
+    lost_calls, ledger_sum = _check_ledger(metadata.data_db, fake, ids)
+    print(
+        f"\nLEDGER sum {ledger_sum} + {len(lost_calls)} call(s) lost in the kill "
+        f"{sum((b.total_price for b in lost_calls), Decimal(0))} == billed {fake.billed_total()}"
+    )
     print(
         f"\nCRASH killed at {answered_at_kill}/{ROWS} answered; retry done {recovered_in:.1f}s later; "
         f"{repeated} request(s) repeated (max_concurrency {CONCURRENCY})"
     )
+
+
+def _check_ledger(data_db: str, fake: FakeDify, ids: list[int]) -> tuple[list, Decimal]:
+    """Every bill has its ledger entry by message id, or a maybe_billed entry for its row."""
+    with closing(_pg(data_db)) as db:
+        entries = db.execute(
+            "SELECT row_id, message_id, total_price, outcome, error_code, try_number FROM dify_usage_ledger"
+        ).fetchall()
+    by_message = Counter(e[1] for e in entries if e[1] is not None)
+    assert all(n == 1 for n in by_message.values()), "a call has two ledger entries"
+    row_of_query = {prompt_for(i): str(i) for i in ids}
+    query_of_seq = {r.seq: r.body["query"] for r in fake.requests if r.path == "/chat-messages" and r.body}
+    lost = [b for b in fake.billing if b.message_id not in by_message]
+    lost_rows = {e[0] for e in entries if e[3] == "maybe_billed" and e[4] == "lost_in_crash" and e[5] == 1}
+    assert {row_of_query[query_of_seq[b.seq]] for b in lost} <= lost_rows
+    assert len(lost) <= CONCURRENCY
+    assert {b.message_id for b in fake.billing} >= set(by_message)
+    ledger_sum = sum((Decimal(str(e[2])) for e in entries if e[2] is not None), Decimal(0))
+    assert ledger_sum + sum((b.total_price for b in lost), Decimal(0)) == fake.billed_total()
+    succeeded = [e for e in entries if e[3] == "succeeded"]
+    assert len(succeeded) == len(fake.billing) - len(lost)
+    return lost, ledger_sum
