@@ -1,8 +1,9 @@
-"""Daily Dify cost report for finance: usage of answered tables -> summary table + PNG chart.
+"""Daily Dify cost report for finance: the usage ledger -> summary table + PNG chart.
 
-Reads the usage columns that ``DifyBatchOperator`` wrote (tokens, ``total_price``, ``currency``,
-``latency_ms``, ``status``, ``answered_at``) from one or more answered tables and writes one row
-per UTC day, table, app and currency into ``summary_table``: rows, succeeded/failed counts,
+Reads the usage ledger that ``DifyBatchOperator`` appends to (one row per billed call, with its
+exact price; answers replaced by later runs stay counted), or, with ``ledger_table`` empty, the
+usage columns of the answered tables (only each row's current answer), and writes one row per UTC
+day, table, app and currency into ``summary_table``: rows, succeeded/failed counts,
 prompt/completion/total tokens, exact Decimal price total, p50/p95 latency. Re-running replaces
 the reported range (idempotent). The chart (tokens and cost per day, stacked by table or app) is
 written to ``chart_path``.
@@ -13,7 +14,10 @@ Trigger with a config to change the defaults, e.g.::
 
 Params:
 - ``sql_conn_id``: the SQL connection holding the answered tables (and the summary table).
-- ``tables``: ``{"table": "app label", ...}`` or a list of table names.
+- ``ledger_table``: the usage ledger (``DifyBatchOperator(ledger_table=...)``); empty = read the
+  tables' result columns instead.
+- ``tables``: ``{"table": "app label", ...}`` or a list of table names; with the ledger, an empty
+  label (or a list) labels spend ``<dag_id>/<app_mode>``, and ``{}`` reports every table.
 - ``summary_table``: where the daily rows go (created when missing).
 - ``days_back``: report only the last N UTC days (including today); null = every day.
 - ``chart_path``: PNG path; empty = ``$AIRFLOW_HOME/reports/<summary_table>.png``.
@@ -38,6 +42,7 @@ with DAG(
     doc_md=__doc__,
     params={
         "sql_conn_id": Param("support_db", type="string"),
+        "ledger_table": Param("dify_usage_ledger", type="string"),
         "tables": Param({"support_tickets": "ticket-classifier"}, type=["object", "array"]),
         "summary_table": Param("dify_cost_daily", type="string"),
         "days_back": Param(None, type=["null", "integer"], minimum=1),
@@ -67,8 +72,14 @@ with DAG(
             / f"{params['summary_table']}.png"
         )
         with CostReport(hook.get_conn, dialect=dialect, summary_table=params["summary_table"]) as report:
-            report.run(params["tables"], since=since)
-            names = list(params["tables"])
+            tables = params["tables"]
+            if params.get("ledger_table"):
+                labels = tables if isinstance(tables, dict) else dict.fromkeys(tables, "")
+                days = report.run_ledger(params["ledger_table"], apps=labels or None, since=since)
+                names = sorted({r.table_name for r in days} | set(labels))
+            else:
+                report.run(tables, since=since)
+                names = list(tables)
             stored = report.load(names, since=since)
         png = render_cost_chart(stored, chart_path, stack_by=params["stack_by"])
         return {

@@ -21,8 +21,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from airflow_dify.outcome import ResultColumns
+from airflow_dify.report.ledger import daily_from_ledger, read_entries
 from airflow_dify.report.store import SummaryStore
-from airflow_dify.report.usage import NO_CURRENCY, DailyUsage
+from airflow_dify.report.usage import NO_CURRENCY, DailyUsage, day_start, utc_date
 from airflow_dify.sql.connection import SqlConnection
 from airflow_dify.sql.dialects import quote_identifier
 from airflow_dify.sql.paging import keyset_pages
@@ -33,25 +34,6 @@ log = logging.getLogger("airflow_dify.report")
 DEFAULT_SUMMARY_TABLE = "dify_cost_daily"
 DEFAULT_APP = "unspecified"
 _PAGE = 5000
-
-
-def utc_date(value: Any) -> dt.date | None:
-    """The UTC day of an ``answered_at`` value: ISO text (SQLite) or a datetime (PostgreSQL)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:  # naive values are written as UTC (generic dialect)
-            return value.date()
-        return value.astimezone(dt.timezone.utc).date()
-    if isinstance(value, dt.date):
-        return value
-    raise ValueError(f"answered_at: cannot read a date from {type(value).__name__}")
-
-
-def _day_start(day: dt.date) -> dt.datetime:
-    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
 
 
 class CostReport:
@@ -111,9 +93,9 @@ class CostReport:
             params = Params(dialect, None)
             terms = [f"{q_at} IS NOT NULL"]
             if since is not None:
-                terms.append(f"{q_at} >= {params.add(dialect.adapt('answered_at', _day_start(since)))}")
+                terms.append(f"{q_at} >= {params.add(dialect.adapt('answered_at', day_start(since)))}")
             if until is not None:
-                terms.append(f"{q_at} < {params.add(dialect.adapt('answered_at', _day_start(until)))}")
+                terms.append(f"{q_at} < {params.add(dialect.adapt('answered_at', day_start(until)))}")
             if last is not None:
                 terms.append(f"{q_id} > {params.add(last)}")
             sql = (
@@ -157,6 +139,32 @@ class CostReport:
             self.store.replace(table, days, since=since, until=until)
             log.info("cost report: %s -> %d summary row(s) in %s", table, len(days), self.store.table)
             report.extend(days)
+        return report
+
+    def run_ledger(
+        self,
+        ledger_table: str,
+        *,
+        apps: Mapping[str, str] | None = None,
+        since: dt.date | None = None,
+        until: dt.date | None = None,
+    ) -> list[DailyUsage]:
+        """Summarise the usage ledger (every billed call, replaced answers included) and store it.
+
+        ``apps``: ``{source table: app label}`` to report only those tables under those labels;
+        None: every table in the ledger, labelled ``<dag_id>/<app_mode>``.
+        """
+        if since is not None and until is not None and since >= until:
+            raise ValueError(f"since ({since}) must be before until ({until})")
+        self.store.ensure()
+        by_table = daily_from_ledger(read_entries(self.db, ledger_table, since=since, until=until), apps)
+        report: list[DailyUsage] = []
+        for table in sorted(set(by_table) | set(apps or ())):
+            days = by_table.get(table, [])
+            self.store.replace(table, days, since=since, until=until)
+            report.extend(days)
+        table = self.store.table
+        log.info("cost report: ledger %s -> %d summary row(s) in %s", ledger_table, len(report), table)
         return report
 
     def load(

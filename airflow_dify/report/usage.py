@@ -55,6 +55,25 @@ class DailyUsage(TokenTotals):
         return self
 
 
+def utc_date(value: Any) -> dt.date | None:
+    """The UTC day of an ``answered_at`` value: ISO text (SQLite) or a datetime (PostgreSQL)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:  # naive values are written as UTC (generic dialect)
+            return value.date()
+        return value.astimezone(dt.timezone.utc).date()
+    if isinstance(value, dt.date):
+        return value
+    raise ValueError(f"answered_at: cannot read a date from {type(value).__name__}")
+
+
+def day_start(day: dt.date) -> dt.datetime:
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
+
+
 def percentile(values: Sequence[int], pct: float) -> int | None:
     """Nearest-rank percentile (always an observed value); None for no values."""
     if not values:
@@ -86,4 +105,4 @@ def totals(rows: Iterable[DailyUsage]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["NO_CURRENCY", "DailyUsage", "percentile", "totals"]
+__all__ = ["NO_CURRENCY", "DailyUsage", "day_start", "percentile", "totals", "utc_date"]

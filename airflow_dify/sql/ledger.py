@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -37,6 +38,7 @@ LEDGER_OUTCOMES = (SUCCEEDED, FAILED, MAYBE_BILLED)
 
 #: Column -> (PostgreSQL, MySQL, SQLite) type. Prices are exact decimals (text on SQLite).
 _COLUMNS: dict[str, tuple[str, str, str]] = {
+    "entry_id": ("VARCHAR(32) PRIMARY KEY", "VARCHAR(32) PRIMARY KEY", "TEXT PRIMARY KEY"),
     "recorded_at": ("TIMESTAMP WITH TIME ZONE", "DATETIME(6)", "TEXT"),
     "dag_id": ("VARCHAR(250)", "VARCHAR(250)", "TEXT"),
     "run_id": ("VARCHAR(250)", "VARCHAR(250)", "TEXT"),
@@ -162,6 +164,7 @@ class Ledger:
     def _values(self, entry: dict[str, Any], row_id: Any, now: dt.datetime) -> list[Any]:
         ctx = self.context
         base = {
+            "entry_id": uuid.uuid4().hex,
             "recorded_at": now,
             "dag_id": ctx.dag_id,
             "run_id": ctx.run_id,
