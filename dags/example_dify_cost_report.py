@@ -14,6 +14,8 @@ Trigger with a config to change the defaults, e.g.::
 
 Params:
 - ``sql_conn_id``: the SQL connection holding the answered tables (and the summary table).
+- ``estimates_table``: pilot estimates (``DifyEstimateOperator``) drawn beside what their DAG run
+  then spent (from the ledger); empty = no such panel.
 - ``ledger_table``: the usage ledger (``DifyBatchOperator(ledger_table=...)``); empty = read the
   tables' result columns instead.
 - ``tables``: ``{"table": "app label", ...}`` or a list of table names; with the ledger, an empty
@@ -43,6 +45,7 @@ with DAG(
     params={
         "sql_conn_id": Param("support_db", type="string"),
         "ledger_table": Param("dify_usage_ledger", type="string"),
+        "estimates_table": Param("dify_estimates", type="string"),
         "tables": Param({"support_tickets": "ticket-classifier"}, type=["object", "array"]),
         "summary_table": Param("dify_cost_daily", type="string"),
         "days_back": Param(None, type=["null", "integer"], minimum=1),
@@ -81,13 +84,27 @@ with DAG(
                 report.run(tables, since=since)
                 names = list(tables)
             stored = report.load(names, since=since)
-        png = render_cost_chart(stored, chart_path, stack_by=params["stack_by"])
+            pilots = []
+            if params.get("ledger_table") and params.get("estimates_table"):
+                pilots = report.projections(params["ledger_table"], params["estimates_table"])
+        png = render_cost_chart(stored, chart_path, stack_by=params["stack_by"], projections=pilots)
         return {
             **totals(stored),
             "summary_table": params["summary_table"],
             "summary_rows": len(stored),
             "days": len({r.date for r in stored}),
             "chart_path": str(png),
+            "pilots": [
+                {
+                    "label": p.label,
+                    "projected": str(p.projected),
+                    "low": str(p.low),
+                    "high": str(p.high),
+                    "actual": str(p.actual),
+                    "inside": p.inside,
+                }
+                for p in pilots
+            ],
         }
 
     cost_report()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow_dify.errors import AirflowDifyError
 
 
@@ -20,4 +22,20 @@ class PreflightError(AirflowDifyError, ValueError):
     """A check before the first generation call failed: nothing was called or written."""
 
 
-__all__ = ["PreflightError", "RowError"]
+class EstimateError(AirflowDifyError, ValueError):
+    """A pilot sample cannot support a projection (nothing sampled, every sampled row failed)."""
+
+
+class FeedbackStoppedError(AirflowDifyError, RuntimeError):
+    """Sending reviews stopped at an error every feedback would get (refused credentials, Dify
+    unreachable after retries); what was sent is recorded, the rest is sent by the next run.
+
+    :param summary: the run's totals so far (a ``FeedbackSummary``).
+    """
+
+    def __init__(self, message: str, summary: Any) -> None:
+        self.summary = summary
+        super().__init__(message)
+
+
+__all__ = ["EstimateError", "FeedbackStoppedError", "PreflightError", "RowError"]

@@ -1,4 +1,6 @@
-"""PNG chart of the daily summary: tokens per day and cost per day (per currency), stacked bars.
+"""PNG chart of the daily summary: tokens per day and cost per day (per currency), stacked bars;
+spend per DAG/app over the range; each pilot's projection (with its interval) beside what the
+batch that followed really spent.
 
 matplotlib (the ``report`` extra) is the standard choice and needs no display: the figure is
 drawn with the Agg canvas directly, without pyplot, so no global backend is switched and it is
@@ -11,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -46,8 +49,29 @@ def _series(
     return dict(sorted(out.items()))
 
 
+@dataclass(frozen=True)
+class ProjectionVsActual:
+    """One pilot: its projection for the rest of the table, and the batch's real spend on it."""
+
+    label: str
+    projected: Decimal
+    low: Decimal
+    high: Decimal
+    actual: Decimal
+    currency: str
+
+    @property
+    def inside(self) -> bool:
+        return self.low <= self.actual <= self.high
+
+
 def render_cost_chart(
-    rows: Sequence[DailyUsage], path: str | Path, *, stack_by: str = "table_name", title: str | None = None
+    rows: Sequence[DailyUsage],
+    path: str | Path,
+    *,
+    stack_by: str = "table_name",
+    title: str | None = None,
+    projections: Sequence[ProjectionVsActual] = (),
 ) -> Path:
     """Write the chart to ``path`` (parent directories are created) and return the path."""
     try:
@@ -76,9 +100,13 @@ def render_cost_chart(
     colors = {n: f"C{i % 10}" for i, n in enumerate(sorted({getattr(r, stack_by) or "(none)" for r in rows}))}
     currencies = sorted({r.currency for r in rows if r.currency})[:MAX_CURRENCY_PANELS]
     panels = 1 + max(len(currencies), 1)
-    fig = Figure(figsize=(11, 3.2 * panels), dpi=100, layout="constrained")
+    extra = (1 if currencies else 0) + (1 if projections else 0)
+    fig = Figure(figsize=(11, 3.2 * (panels + extra)), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
+    every = fig.subplots(panels + extra, 1, squeeze=False)[:, 0]
+    axes, after = every[:panels], list(every[panels:])
+    for ax in axes[1:]:
+        ax.sharex(axes[0])
     labels = [d.isoformat() for d in days]
     x = list(range(len(days)))
     grand_tokens = sum(r.total_tokens for r in rows)
@@ -116,10 +144,53 @@ def render_cost_chart(
             f"cost ({currency})",
             f"Total cost: {_money(spent)} {currency}",
         )
+    for ax in axes[:-1]:
+        ax.tick_params(labelbottom=False)
     axes[-1].set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
     axes[-1].set_xlabel("day (UTC)" if contiguous else "day (UTC); days without usage are left out")
+    if currencies:
+        _spend_per_app(after.pop(0), rows, currencies[0])
+    if projections:
+        _projections(after.pop(0), projections)
     fig.savefig(path, format="png")
     return path
 
 
-__all__ = ["render_cost_chart"]
+def _spend_per_app(ax, rows: Sequence[DailyUsage], currency: str) -> None:
+    """Horizontal bars: the range's spend per DAG/app label (the ledger labels ``dag_id/app_mode``)."""
+    spend: dict[str, Decimal] = defaultdict(Decimal)
+    for r in rows:
+        if r.currency == currency:
+            spend[r.app or "(none)"] += r.total_price
+    names = sorted(spend, key=lambda n: spend[n])
+    ax.barh(names, [float(spend[n]) for n in names], color="C0")
+    for i, n in enumerate(names):
+        ax.text(float(spend[n]), i, f" {_money(spend[n])}", va="center", fontsize=8)
+    ax.set_xlabel(f"cost ({currency})")
+    ax.set_title(f"Spend per DAG/app over the range ({currency})", fontsize=10, loc="left")
+    ax.margins(x=0.15)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _projections(ax, projections: Sequence[ProjectionVsActual]) -> None:
+    """Per pilot: the projection with its interval (error bar) and the actual spend (bar)."""
+    x = list(range(len(projections)))
+    actual = [float(p.actual) for p in projections]
+    ax.bar(x, actual, width=0.5, color="C2", label="actual (ledger)")
+    mid = [float(p.projected) for p in projections]
+    below = [float(p.projected - p.low) for p in projections]
+    above = [float(p.high - p.projected) for p in projections]
+    ax.errorbar(x, mid, yerr=[below, above], fmt="o", color="C3", capsize=6, label="projected, interval")
+    inside = sum(p.inside for p in projections)
+    ax.set_title(
+        f"Pilot projection vs actual spend on the rest: {inside}/{len(projections)} inside the interval",
+        fontsize=10,
+        loc="left",
+    )
+    ax.set_xticks(x, [p.label for p in projections], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(f"cost ({projections[0].currency})")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+
+__all__ = ["ProjectionVsActual", "render_cost_chart"]

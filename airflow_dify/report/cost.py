@@ -21,11 +21,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from airflow_dify.outcome import ResultColumns
-from airflow_dify.report.ledger import daily_from_ledger, read_entries
+from airflow_dify.report.chart import ProjectionVsActual
+from airflow_dify.report.ledger import daily_from_ledger, projections_vs_actual, read_entries
 from airflow_dify.report.store import SummaryStore
 from airflow_dify.report.usage import NO_CURRENCY, DailyUsage, day_start, utc_date
 from airflow_dify.sql.connection import SqlConnection
 from airflow_dify.sql.dialects import quote_identifier
+from airflow_dify.sql.estimates import DEFAULT_ESTIMATES_TABLE, EstimateStore
 from airflow_dify.sql.paging import keyset_pages
 from airflow_dify.sql.params import Params
 
@@ -166,6 +168,15 @@ class CostReport:
         table = self.store.table
         log.info("cost report: ledger %s -> %d summary row(s) in %s", ledger_table, len(report), table)
         return report
+
+    def projections(
+        self, ledger_table: str, estimates_table: str = DEFAULT_ESTIMATES_TABLE, *, limit: int = 10
+    ) -> list[ProjectionVsActual]:
+        """The newest pilots' projections beside what their DAG runs then spent (from the ledger)."""
+        estimates = EstimateStore(self.db, estimates_table).load(limit)
+        if not estimates:
+            return []
+        return projections_vs_actual(read_entries(self.db, ledger_table), estimates)
 
     def load(
         self,

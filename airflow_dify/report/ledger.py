@@ -9,15 +9,17 @@ counted with the failures (their price is unknown: NULL, never guessed).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from airflow_dify.outcome import FAILED, SUCCEEDED
+from airflow_dify.report.chart import ProjectionVsActual
 from airflow_dify.report.usage import NO_CURRENCY, DailyUsage, day_start, utc_date
 from airflow_dify.sql.connection import SqlConnection
 from airflow_dify.sql.dialects import quote_identifier
+from airflow_dify.sql.estimates import StoredEstimate
 from airflow_dify.sql.paging import keyset_pages
 from airflow_dify.sql.params import Params
 
@@ -130,4 +132,28 @@ def spent(entries: Iterator[Entry], **match: Any) -> dict[str, Decimal]:
     return out
 
 
-__all__ = ["Entry", "daily_from_ledger", "read_entries", "spent"]
+def projections_vs_actual(
+    entries: Iterator[Entry], estimates: Sequence[StoredEstimate]
+) -> list[ProjectionVsActual]:
+    """Each pilot beside the real spend of its DAG run on the same table, the pilot's own
+    (sampled) calls left out: the projection was for the rest."""
+    wanted: dict[tuple[Any, Any, Any], StoredEstimate] = {
+        (e.dag_id, e.run_id, e.source_table): e for e in estimates
+    }
+    actual: dict[tuple[Any, Any, Any], Decimal] = dict.fromkeys(wanted, Decimal(0))
+    for entry in entries:
+        key = (entry.dag_id, entry.run_id, entry.source_table)
+        pilot = wanted.get(key)
+        if pilot is None or entry.task_id == pilot.task_id or entry.price is None:
+            continue
+        if (entry.currency or NO_CURRENCY) == pilot.currency:
+            actual[key] += entry.price
+    return [
+        ProjectionVsActual(
+            f"{e.dag_id} {e.run_id[:19]}", e.projected_price, e.low, e.high, actual[key], e.currency
+        )
+        for key, e in wanted.items()
+    ]
+
+
+__all__ = ["Entry", "daily_from_ledger", "projections_vs_actual", "read_entries", "spent"]

@@ -132,4 +132,47 @@ def page_sql(
     return sql, params.values
 
 
-__all__ = ["Layout", "Selection", "check_redo", "page_sql", "selection_terms", "status_terms"]
+def only_ids_where(
+    dialect: Dialect, q_id: str, ids: Sequence[Any], where: str | None, where_parameters: Any
+) -> tuple[str, Any]:
+    """A ``where`` and its parameters that keep, of the rows ``where`` selects, those in ``ids``.
+
+    For running a batch on chosen rows (a pilot sample) through the normal selection: the ids are
+    bound in the driver's style after the user's own parameters (named when those are a dict or
+    the driver only has names), so the result is passed as ``where``/``where_parameters`` as is.
+    """
+    if not ids:
+        raise SqlTableError("only_ids_where: expected at least one id")
+    style = dialect.paramstyle
+    values: Any
+    if isinstance(where_parameters, dict) or (where_parameters is None and style == "named"):
+        values = dict(where_parameters or {})
+        marks = []
+        for i, value in enumerate(ids):
+            key = f"_dify_id{i}"
+            if key in values:
+                raise SqlTableError(f"where_parameters: the name {key!r} is reserved")
+            values[key] = value
+            marks.append(f"%({key})s" if style in ("format", "pyformat") else f":{key}")
+    else:
+        if where_parameters is not None and not isinstance(where_parameters, (list, tuple)):
+            raise SqlTableError("where_parameters: expected a list, tuple or dict")
+        values = [*(where_parameters or ()), *ids]
+        first = len(values) - len(ids) + 1
+        if style == "numeric":
+            marks = [f":{first + i}" for i in range(len(ids))]
+        else:
+            marks = ["%s" if style in ("format", "pyformat") else "?"] * len(ids)
+    test = f"{q_id} IN ({', '.join(marks)})"
+    return (f"({_check_where(where)}) AND {test}" if where is not None else test), values
+
+
+__all__ = [
+    "Layout",
+    "Selection",
+    "check_redo",
+    "only_ids_where",
+    "page_sql",
+    "selection_terms",
+    "status_terms",
+]
