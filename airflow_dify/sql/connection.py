@@ -35,6 +35,8 @@ class SqlConnection:
         self._conn: Any = None
         self._dialect: Dialect | None = None
         self.lock = threading.RLock()
+        #: Open transaction() blocks (under ``lock``): a query inside one must not end it.
+        self._depth = 0
 
     def get(self) -> tuple[Any, Dialect]:
         """The open connection and its dialect, connecting first if needed."""
@@ -93,6 +95,8 @@ class SqlConnection:
             except Exception:
                 self.rollback_quietly()
                 raise
+            if self._depth:  # inside transaction(): its caller commits or rolls back
+                return rows, names
             try:
                 conn.rollback()  # end the read transaction now
             except Exception:
@@ -118,6 +122,7 @@ class SqlConnection:
         with self.lock:
             conn, dialect = self.get()
             cur = conn.cursor()
+            self._depth += 1
             try:
                 if dialect.begin:
                     cur.execute(dialect.begin)
@@ -127,6 +132,7 @@ class SqlConnection:
                 self.rollback_quietly()
                 raise
             finally:
+                self._depth -= 1
                 try:
                     cur.close()
                 except Exception:  # noqa: BLE001 - a broken cursor on a discarded connection

@@ -397,6 +397,7 @@ class SqlTable:
         Returns (claimed rows, last id seen or None at the end, whether the page was full).
         """
         sql, params = page_query(last)
+        status = self._store.status_column()  # may query the schema: never inside the transaction
         with self._db.transaction() as cur:
             cur.execute(sql, params)
             fetched = cur.fetchall()
@@ -407,7 +408,7 @@ class SqlTable:
             self.skipped_claimed += len(fetched) - len(takeable)
             page = self._unchanged_dropped([dict(zip(keys, r[:-2], strict=True)) for r in takeable], redo)
             ids = [row[self.id_column] for row in page]
-            got = self._claimer.claim(cur, ids, redo, self._store.status_column(), now) if ids else set()
+            got = self._claimer.claim(cur, ids, redo, status, now) if ids else set()
             if self._ledger is not None and got:
                 # Rows another try held and never wrote: it may have called them (same transaction).
                 mine = self.owner.token

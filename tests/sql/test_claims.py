@@ -161,3 +161,28 @@ def test_text_and_uuid_ids_page_claim_and_shard(kind: str, tmp_path: Path) -> No
         assert sorted(sum(shards, [])) == ids and all(shards)
     finally:
         d.execute(f"DROP TABLE IF EXISTS {d.table}")
+
+
+def test_a_schema_query_inside_the_claim_transaction_does_not_end_it(tmp_path: Path) -> None:
+    """The claim transaction holds SQLite's write lock from its page read to its UPDATE; a query
+    made inside it (the status column lookup) once rolled it back, so two runs could read and
+    claim the same page (a row asked twice)."""
+    import sqlite3
+
+    from airflow_dify.sql.connection import SqlConnection
+
+    path = tmp_path / "tx.sqlite"
+    db = SqlConnection(lambda: sqlite3.connect(path, check_same_thread=False), "sqlite")
+    db.execute_commit("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    try:
+        with db.transaction() as cur:
+            db.query('PRAGMA table_info("t")')
+            assert cur.connection.in_transaction
+            other = sqlite3.connect(path, timeout=0.05)
+            try:
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    other.execute("BEGIN IMMEDIATE")
+            finally:
+                other.close()
+    finally:
+        db.discard()
