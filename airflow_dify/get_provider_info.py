@@ -47,7 +47,16 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "hooks": [{"integration-name": "Dify", "python-modules": ["airflow_dify.hooks.dify"]}],
-        "operators": [{"integration-name": "Dify", "python-modules": ["airflow_dify.operators.dify"]}],
+        "operators": [
+            {
+                "integration-name": "Dify",
+                "python-modules": [
+                    "airflow_dify.operators.dify",
+                    "airflow_dify.operators.feedback",
+                    "airflow_dify.operators.estimate",
+                ],
+            }
+        ],
         "connection-types": [
             {
                 "connection-type": "dify",

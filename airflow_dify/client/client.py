@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import replace
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from airflow_dify.client.auth import ApiKeyAuth, DifyAuth
 from airflow_dify.client.errors import (
@@ -27,6 +27,7 @@ from airflow_dify.client.errors import (
     DifyTransportError,
 )
 from airflow_dify.client.exchange import Exchange, read_all
+from airflow_dify.client.feedback import FEEDBACK_ENDPOINT, feedback_request
 from airflow_dify.client.models import MODE_FAMILY, STREAMING_ONLY_MODES, AppInfo, DifyResult
 from airflow_dify.client.responses import CallContext, json_body
 from airflow_dify.client.retry import RetryPolicy, call_with_retries
@@ -190,6 +191,29 @@ class DifyClient:
     def parameters(self) -> dict[str, Any]:
         """GET /parameters: the app's input form (variable names, required flags)."""
         return self._get("/parameters")
+
+    def feedback(
+        self, message_id: str, *, rating: str | None, user: str, content: str | None = None
+    ) -> dict[str, Any]:
+        """POST /messages/{id}/feedbacks as the ``user`` who asked; ``rating=None`` revokes. Nothing is
+        billed, so it is retried (re-sent too) outside the pool; a 404 is about the message."""
+        path, body = feedback_request(message_id, rating, user, content)
+        ctx = self._ctx(FEEDBACK_ENDPOINT, hint_base_url_on_404=False)
+        policy = replace(self.retry, resend_maybe_billed=True)
+        return call_with_retries(
+            policy, ctx.endpoint, lambda: json_body(self._exchange.send("POST", path, ctx, body=body), ctx)
+        )
+
+    def conversations(self, user: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        """GET /conversations: the end user's conversations, most recently updated first."""
+        query = urlencode({"user": user, "limit": int(limit)})
+        return list(self._get(f"/conversations?{query}", self._ctx("conversations")).get("data") or [])
+
+    def messages(self, conversation_id: str, user: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        """GET /messages: the newest ``limit`` messages of a conversation, oldest first, with usage."""
+        query = urlencode({"conversation_id": conversation_id, "user": user, "limit": int(limit)})
+        ctx = self._ctx("messages", hint_base_url_on_404=False)
+        return list(self._get(f"/messages?{query}", ctx).get("data") or [])
 
     def get_workflow_run(self, run_id: str) -> DifyResult:
         """GET /workflows/run/{id}; returned as-is (check ``.status``: it may be running or failed)."""

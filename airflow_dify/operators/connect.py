@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+from airflow.sdk import BaseHook
 
 from airflow_dify.batch.options import DEFAULT_MAX_CONCURRENCY, BatchOptions
 from airflow_dify.client import DifyClient
@@ -36,3 +39,11 @@ def batch_client(hook: DifyHook, options: BatchOptions) -> Iterator[tuple[DifyCl
     finally:
         hook.close()
         pool.close()
+
+
+def sql_hook_for(sql_conn_id: str) -> Any:
+    """The common-sql hook of ``sql_conn_id``; TypeError when it is not a SQL (DbApiHook) connection."""
+    hook = BaseHook.get_connection(sql_conn_id).get_hook()
+    if not hasattr(hook, "get_conn") or not hasattr(hook, "get_records"):
+        raise TypeError(f"sql_conn_id {sql_conn_id!r} is not a SQL (DbApiHook) connection")
+    return hook

@@ -11,11 +11,12 @@ from airflow_dify.testing.answers import answer_text, make_usage, prompt_text
 from airflow_dify.testing.apps import FakeApp
 from airflow_dify.testing.fake import FakeDify
 from airflow_dify.testing.faults import Fault, FaultPlan
-from airflow_dify.testing.state import Bill, RequestRecord
+from airflow_dify.testing.state import Bill, Feedback, RequestRecord
 
 __all__ = [
     "Bill",
     "FakeApp",
+    "Feedback",
     "FakeDify",
     "Fault",
     "FaultPlan",

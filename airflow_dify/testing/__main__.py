@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
         "connection can be configured before the fake starts (docker/compose.yaml)",
     )
     parser.add_argument(
+        "--server",
+        choices=("asyncio", "threaded"),
+        default=None,
+        help="HTTP server: asyncio (default, one event loop) or threaded (a thread per connection)",
+    )
+    parser.add_argument(
         "--print-env", action="store_true", help="print AIRFLOW_CONN_DIFY_DEFAULT for the chat app"
     )
     return parser
@@ -50,6 +56,7 @@ _SERVER_OPTIONS = (
     "requests_per_minute",
     "token_ttl",
     "max_records",
+    "server",
 )
 
 

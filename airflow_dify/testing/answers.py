@@ -45,6 +45,11 @@ def app_answer(app: FakeApp, query: str | None, inputs: dict[str, Any]) -> str:
     return text
 
 
+def app_citations(app: FakeApp, query: str | None, inputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """A RAG app's retriever resources for this question ([] for an app without knowledge)."""
+    return list(app.citations(query, dict(inputs))) if app.citations is not None else []
+
+
 def prompt_text(query: str | None, inputs: dict[str, Any] | None) -> str:
     """What the fake 'sends to the model': the query and the rendered inputs."""
     return "\n".join(part for part in (query or "", inputs_text(inputs)) if part)
@@ -106,7 +111,7 @@ def message_body(
         }
     )
     if app.mode != "completion":
-        body["metadata"]["retriever_resources"] = []
+        body["metadata"]["retriever_resources"] = app_citations(app, query, inputs)
     return body
 
 

@@ -51,6 +51,8 @@ class FakeApp:
     :param versions: other published versions a run may pin (``/workflows/{id}/run``, or the
         ``workflow_id`` of a chatflow call).
     :param pinned_runs: False refuses pinned runs with 403, like Dify Cloud's sandbox plan.
+    :param citations: a RAG app's knowledge retrieval: (query, inputs) -> the
+        ``metadata.retriever_resources`` of its answer (document_name, segment_id, score, ...).
     """
 
     mode: str = "chat"
@@ -67,6 +69,7 @@ class FakeApp:
     answer: Callable[[str | None, dict[str, Any]], str] | None = None
     versions: Sequence[str] = ()
     pinned_runs: bool = True
+    citations: Callable[[str | None, dict[str, Any]], list[dict[str, Any]]] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in _DEFAULT_NAMES:

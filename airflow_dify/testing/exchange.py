@@ -31,9 +31,17 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
     received: float = field(default_factory=time.monotonic)
+    #: The query string, without ``?`` (GET /conversations?user=...).
+    query: str = ""
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
+
+    def params(self) -> dict[str, str]:
+        """Query parameters, the last value of each name."""
+        from urllib.parse import parse_qsl
+
+        return dict(parse_qsl(self.query, keep_blank_values=True))
 
 
 @dataclass(frozen=True, slots=True)

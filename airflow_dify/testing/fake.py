@@ -1,28 +1,35 @@
 """FakeDify: a real HTTP server on 127.0.0.1 that behaves like Dify's /v1 service API.
 
-The object users hold: the state (:mod:`.state`), served by :func:`.handler.handle` behind a
-threaded HTTP server (:mod:`.http_server`).
+The object users hold: the state (:mod:`.state`), served by :func:`.handler.handle` behind an
+asyncio HTTP server (:mod:`.asyncio_server`, the default) or the threaded one (:mod:`.http_server`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import os
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any, Generic, TypeVar, cast, overload
 
 from airflow_dify.testing.apps import FakeApp
+from airflow_dify.testing.asyncio_server import AsyncioHTTPServer
 from airflow_dify.testing.exchange import Reply, Request
 from airflow_dify.testing.faults import TOKEN_PATH, FaultPlan
 from airflow_dify.testing.handler import handle
 from airflow_dify.testing.http_server import ThreadedHTTPServer
 from airflow_dify.testing.limits import Limits
 from airflow_dify.testing.oauth import OAuthClient, TokenStore
-from airflow_dify.testing.state import Bill, FakeState, Latency, RequestRecord
+from airflow_dify.testing.state import Bill, FakeState, Feedback, Latency, RequestRecord
 
 log = logging.getLogger("airflow_dify.testing")
-
+#: The HTTP servers FakeDify can run behind; both perform the handler's replies the same way.
+SERVERS: dict[str, type[AsyncioHTTPServer] | type[ThreadedHTTPServer]] = {
+    "asyncio": AsyncioHTTPServer,
+    "threaded": ThreadedHTTPServer,
+}
+#: Picks the default server for a whole test run, e.g. to run the suite on the threaded one.
+SERVER_ENV = "AIRFLOW_DIFY_FAKE_SERVER"
 
 T = TypeVar("T")
 
@@ -65,6 +72,8 @@ class FakeDify:
     :param token_ttl: OAuth2 access-token lifetime in seconds; None = tokens never expire.
     :param max_records: newest request records kept in :attr:`requests`, and entries in
         :attr:`billing` (None = all).
+    :param server: ``"asyncio"`` (default; one event loop thread, uvloop when installed) or
+        ``"threaded"`` (a thread per connection); default ``$AIRFLOW_DIFY_FAKE_SERVER`` if set.
     """
 
     def __init__(
@@ -77,12 +86,16 @@ class FakeDify:
         requests_per_minute: int = 0,
         token_ttl: float | None = 3600,
         max_records: int | None = None,
+        server: str | None = None,
     ) -> None:
+        server = server or os.environ.get(SERVER_ENV) or "asyncio"
+        if server not in SERVERS:
+            raise ValueError(f"server must be one of {sorted(SERVERS)}, got {server!r}")
         limits = Limits(max_active_requests, requests_per_minute)
         self._state = FakeState(apps, latency, limits, TokenStore(token_ttl), max_records)
         self.host, self._port = host, port
-        self._httpd: ThreadedHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self.server = server
+        self._httpd: AsyncioHTTPServer | ThreadedHTTPServer | None = None
 
     # Settings, read and assigned live on the part of the state that applies them.
     latency = _Setting[Latency](lambda state: state, "seconds per generation call, or a callable")
@@ -94,11 +107,8 @@ class FakeDify:
     def start(self) -> FakeDify:
         if self._httpd is not None:
             return self
-        self._httpd = ThreadedHTTPServer((self.host, self._port), self._respond)
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="FakeDify", daemon=True
-        )
-        self._thread.start()
+        self._httpd = SERVERS[self.server]((self.host, self._port), self._respond)
+        self._httpd.start()
         log.debug("FakeDify listening on %s", self.url)
         return self
 
@@ -108,8 +118,6 @@ class FakeDify:
         if httpd is None:
             return
         httpd.stop()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
 
     def _respond(self, request: Request) -> Reply:
         return handle(request, self._state)
@@ -200,6 +208,20 @@ class FakeDify:
         return self._state.billed_total(currency)
 
     @property
+    def feedbacks(self) -> list[Feedback]:
+        """Snapshot of the feedbacks accepted, in order: ``(message_id, rating, user, content)``
+        tuples (``rating`` None: a revocation). Refused ones are only in :attr:`requests`."""
+        return self._state.feedbacks()
+
+    def rating(self, message_id: str) -> tuple[str, str | None] | None:
+        """(rating, content) of a message's current feedback, or None (never rated, or revoked)."""
+        return self._state.rating(message_id)
+
+    def delete_message(self, message_id: str) -> None:
+        """Forget an answered message, as if deleted in Dify: its feedback then gets 404."""
+        self._state.delete_message(message_id)
+
+    @property
     def connections(self) -> int:
         """TCP connections accepted since start (keep-alive clients reuse one)."""
         return self._httpd.accepted if self._httpd is not None else 0
@@ -214,6 +236,6 @@ class FakeDify:
         return self._state.limits.stats()
 
     def reset(self) -> None:
-        """Clear the request and billing logs, counters, faults, stats, tokens and stored runs (apps
-        and OAuth clients stay)."""
+        """Clear the request, billing and feedback logs, counters, faults, stats, tokens and stored
+        runs (apps, OAuth clients, answered messages and their current feedback stay)."""
         self._state.reset()

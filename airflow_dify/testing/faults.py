@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from airflow_dify.testing.apps import GENERATION_PATHS
 
 TOKEN_PATH = "/oauth2/token"
+#: Every ``POST /messages/{id}/feedbacks`` is counted and faulted under this one path; only faults
+#: that name it apply (a fault without a path stays on the generation paths).
+FEEDBACK_PATH = "/messages/{id}/feedbacks"
 #: Answered before any work is done (nothing billed, not admitted by the limits).
 EARLY_KINDS = frozenset({"status", "html", "retry_after", "reset"})
 #: The work is done (admitted, billed), then the response is spoiled.
@@ -30,7 +33,8 @@ class Fault:
 
     :param kind: one of :data:`KINDS`.
     :param path: ``"/chat-messages"``, ``"/completion-messages"``, ``"/workflows/run"`` (pinned
-        ``/workflows/{id}/run`` runs too) or None (any).
+        ``/workflows/{id}/run`` runs too), None (any of those), or :data:`FEEDBACK_PATH` (the
+        feedback endpoint; early kinds only).
     :param on: 1-based request numbers (within the scope) that fire.
     :param every: fire on every Nth request of the scope.
     :param after: fire on every request after the Nth.
@@ -63,8 +67,10 @@ class Fault:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}; use one of {sorted(KINDS)}")
-        if self.path is not None and self.path not in GENERATION_PATHS and self.path != TOKEN_PATH:
-            raise ValueError(f"fault path must be a generation path or {TOKEN_PATH}, got {self.path!r}")
+        if self.path is not None and self.path not in (*GENERATION_PATHS, TOKEN_PATH, FEEDBACK_PATH):
+            raise ValueError(
+                f"fault path must be a generation path, {TOKEN_PATH} or {FEEDBACK_PATH}, got {self.path!r}"
+            )
         self.on = frozenset(self.on) if self.on is not None else None
         self._rng = random.Random(self.seed)
 
@@ -72,6 +78,8 @@ class Fault:
         """Whether this kind can happen on that request at all (others do not consume it)."""
         if self.kind in TOKEN_KINDS:
             return path == TOKEN_PATH
+        if path == FEEDBACK_PATH or self.path == FEEDBACK_PATH:
+            return path == self.path and self.kind in EARLY_KINDS
         if path == TOKEN_PATH or (self.path is not None and self.path != path):
             return False
         if self.kind in STREAM_KINDS:
@@ -139,6 +147,6 @@ class FaultPlan:
         """Count a request and return its number in every scope (per path and any-path)."""
         with self._lock:
             self._counts[path] = self._counts.get(path, 0) + 1
-            if path != TOKEN_PATH:
+            if path not in (TOKEN_PATH, FEEDBACK_PATH):
                 self._counts[None] = self._counts.get(None, 0) + 1
             return {path: self._counts[path], None: self._counts.get(None, 0)}

@@ -21,6 +21,7 @@ from airflow_dify.testing import sse
 from airflow_dify.testing.answers import html_page, message_body, workflow_body
 from airflow_dify.testing.apps import CHAT_MODES, GENERATION_PATHS, ROUTE_MODES, FakeApp
 from airflow_dify.testing.auth import authenticate
+from airflow_dify.testing.conversations import message_item
 from airflow_dify.testing.exchange import Frame, Reply, Request, Reset, Stream
 from airflow_dify.testing.faults import EARLY_KINDS, STREAM_KINDS, Fault
 from airflow_dify.testing.replies import (
@@ -93,6 +94,7 @@ def generate(
     :func:`generation_route`); refusals are raised as :class:`Reject`."""
     numbers = state.arrive(route)
     ex.auth, ex.app = authenticate(state, request.header("authorization"))
+    ex.trace_id = request.header("x-trace-id")
     app = ex.app
     body = _parse_json(request.body)
     ex.body = None if body is _BAD_JSON else body
@@ -255,6 +257,8 @@ def _blocking(state: FakeState, ex: Exchange, job: Job) -> Reply:
     else:
         body = message_body(app, call.query, call.inputs, job.latency, job.conversation_id)
         ex.bill = _bill(ex, call, [body["metadata"]["usage"]], message_id=body["message_id"])
+        item = message_item(body, call.query, call.inputs, job.conversation_id)
+        state.store_message(body["message_id"], app.id, call.user, job.conversation_id, item)
     fault = job.fault
     kind = fault.kind if fault is not None else None
     if fault is not None and kind == "answer" and app.mode != "workflow":
@@ -273,6 +277,19 @@ def _blocking(state: FakeState, ex: Exchange, job: Job) -> Reply:
     return json_reply(ex, 200, body, delay=delay)
 
 
+def _folded(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """A message stream as one body: the answer chunks joined, the end event's metadata."""
+    answer = "".join(e.get("answer") or "" for e in events if e.get("event") in ("message", "agent_message"))
+    end = next((e for e in events if e.get("event") == "message_end"), {})
+    first = next((e for e in events if "message_id" in e), {})
+    return {
+        "message_id": first.get("message_id"),
+        "answer": answer,
+        "metadata": end.get("metadata") or {},
+        "created_at": first.get("created_at"),
+    }
+
+
 def _stream(state: FakeState, ex: Exchange, job: Job) -> Reply:
     """The events share the latency evenly; a stall delays the head."""
     app, call = job.app, job.call
@@ -283,6 +300,10 @@ def _stream(state: FakeState, ex: Exchange, job: Job) -> Reply:
         events = sse.message_events(
             app, call.query, call.inputs, job.latency, job.conversation_id, call.workflow_id
         )
+    message_id = next((e["message_id"] for e in events if "message_id" in e), None)
+    if message_id is not None:  # Dify stores the message when the run starts, whatever follows
+        item = message_item(_folded(events), call.query, call.inputs, job.conversation_id)
+        state.store_message(message_id, app.id, call.user, job.conversation_id, item)
     sent, fault = events, job.fault
     if fault is not None and fault.kind in STREAM_KINDS:
         tail = [] if fault.kind == "stream_break" else [_stream_error(events[0].get("task_id"), fault)]

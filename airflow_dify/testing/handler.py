@@ -12,8 +12,11 @@ from typing import Any
 from airflow_dify.testing.answers import NOT_FOUND_MESSAGE, info_body, parameters_body
 from airflow_dify.testing.apps import FakeApp
 from airflow_dify.testing.auth import authenticate
+from airflow_dify.testing.conversations import PATHS as CONVERSATION_PATHS
+from airflow_dify.testing.conversations import serve as serve_conversations
 from airflow_dify.testing.exchange import Reply, Request
 from airflow_dify.testing.faults import TOKEN_PATH
+from airflow_dify.testing.feedback import feedback_route, submit_feedback
 from airflow_dify.testing.generation import generate, generation_route
 from airflow_dify.testing.replies import ROUTE_MESSAGES, Reject, error_reply, json_reply, rejected
 from airflow_dify.testing.state import Exchange, FakeState
@@ -51,6 +54,12 @@ def _route(request: Request, state: FakeState, ex: Exchange) -> Reply:
     if served is not None and not (read and ex.method == "GET"):
         _allow(ex, "POST")
         return generate(state, request, ex, *served)
+    message_id = feedback_route(path)
+    if message_id is not None:
+        _allow(ex, "POST")
+        return submit_feedback(state, request, ex, message_id)
+    if path in CONVERSATION_PATHS:
+        return serve_conversations(state, request, ex)
     if read:
         _allow(ex, "GET")
         ex.auth, ex.app = authenticate(state, request.header("authorization"))

@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from airflow_dify.testing.answers import app_answer, make_usage, new_id, prompt_text
+from airflow_dify.testing.answers import app_answer, app_citations, make_usage, new_id, prompt_text
 from airflow_dify.testing.apps import FakeApp
 from airflow_dify.testing.runs import NodeRun, WorkflowRun, run_data, start_node
 
@@ -107,7 +107,7 @@ def message_events(
         "event": "message_end",
         **base,
         "id": message_id,
-        "metadata": {"usage": usage, "retriever_resources": []},
+        "metadata": {"usage": usage, "retriever_resources": app_citations(app, query, inputs)},
     }
     if app.mode == "completion":
         end["files"] = None

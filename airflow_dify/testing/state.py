@@ -14,7 +14,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from airflow_dify.testing.answers import new_id, run_detail
 from airflow_dify.testing.apps import GENERATION_PATHS, FakeApp, default_apps
@@ -26,6 +26,7 @@ Latency = float | Callable[[Any], float]
 #: Bounds on remembered state, so a million-row benchmark does not grow the fake without end.
 MAX_RUNS = 100_000
 MAX_CONVERSATIONS = 100_000
+MAX_MESSAGES = 100_000
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class RequestRecord:
     ended: float
     response: Any
     fault: str | None
+    #: The ``X-Trace-Id`` header a generation request carried (Dify joins its logs and traces on it).
+    trace_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,26 @@ class Bill:
     currency: str
 
 
+@dataclass(frozen=True)
+class Message:
+    """A message the fake answered: Dify scopes it to its app and to the end user who asked."""
+
+    app_id: str
+    user: str
+    conversation_id: str | None
+    #: The message as ``GET /messages`` lists it (see :mod:`.conversations`); None: not listed.
+    item: dict[str, Any] | None = None
+
+
+class Feedback(NamedTuple):
+    """One feedback the fake accepted (``rating`` None: a revocation), in arrival order."""
+
+    message_id: str
+    rating: str | None
+    user: str
+    content: str | None
+
+
 class Exchange:
     """One logged request from arrival to its last byte: the facts its :class:`RequestRecord` will
     hold, and the concurrency slot it holds meanwhile. It is the reply's settlement: the server
@@ -80,6 +103,7 @@ class Exchange:
         self.status = 0
         self.response: Any = None
         self.fault: str | None = None
+        self.trace_id: str | None = None
         #: Set once the work is done; its ``seq`` is filled in when the request is recorded.
         self.bill: Bill | None = None
         self._state = state
@@ -147,6 +171,10 @@ class FakeState:
         self._calls: dict[str, int] = {}
         self._runs: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
         self._conversations: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._messages: OrderedDict[str, Message] = OrderedDict()
+        #: message id -> (rating, content) of its current feedback.
+        self._ratings: dict[str, tuple[str, str | None]] = {}
+        self._feedbacks: list[Feedback] = []
 
     # -- apps and credentials --------------------------------------------------------------------
     def app(self, mode: str = "chat") -> FakeApp:
@@ -207,6 +235,97 @@ class FakeState:
             entry = self._runs.get(run_id)
         return entry[1] if entry is not None and entry[0] == app_id else None
 
+    # -- messages and their feedback -------------------------------------------------------------
+    def store_message(
+        self,
+        message_id: str,
+        app_id: str,
+        user: str,
+        conversation_id: str | None,
+        item: dict[str, Any] | None = None,
+    ) -> None:
+        """Remember a message answered, for its feedback and for ``GET /messages``."""
+        with self._lock:
+            self._messages[message_id] = Message(app_id, user, conversation_id, item)
+            if len(self._messages) > MAX_MESSAGES:
+                gone, _ = self._messages.popitem(last=False)
+                self._ratings.pop(gone, None)
+
+    def get_message(self, app_id: str, user: str, message_id: str) -> Message | None:
+        """The message, if ``user`` of ``app_id`` asked it (Dify's lookup: id, app and end user)."""
+        with self._lock:
+            message = self._messages.get(message_id)
+        if message is None or message.app_id != app_id or message.user != user:
+            return None
+        return message
+
+    def conversations(self, app_id: str, user: str) -> list[dict[str, Any]]:
+        """The user's conversations in ``app_id``, most recently updated first (GET /conversations)."""
+        with self._lock:
+            messages = [m for m in self._messages.values() if m.app_id == app_id and m.user == user]
+        found: dict[str, dict[str, Any]] = {}
+        for m in messages:
+            if m.conversation_id is None or m.item is None:
+                continue
+            at = m.item.get("created_at") or 0
+            conv = found.setdefault(
+                m.conversation_id,
+                {
+                    "id": m.conversation_id,
+                    "name": "New conversation",
+                    "inputs": m.item.get("inputs") or {},
+                    "status": "normal",
+                    "introduction": "",
+                    "created_at": at,
+                    "updated_at": at,
+                },
+            )
+            conv["updated_at"] = max(conv["updated_at"], at)
+        # Stored in arrival order: the reversed order breaks ties in updated_at newest first.
+        ordered = list(found.values())[::-1]
+        return sorted(ordered, key=lambda c: -c["updated_at"])
+
+    def conversation_messages(
+        self, app_id: str, user: str, conversation_id: str
+    ) -> list[dict[str, Any]] | None:
+        """The conversation's messages in time order; None when it is not this user's (GET /messages)."""
+        with self._lock:
+            mine = [
+                m
+                for m in self._messages.values()
+                if m.conversation_id == conversation_id and m.app_id == app_id and m.user == user
+            ]
+        if not mine:
+            return None
+        return [dict(m.item) for m in mine if m.item is not None]
+
+    def delete_message(self, message_id: str) -> None:
+        """Forget a message, like one deleted in Dify (its feedback goes with it)."""
+        with self._lock:
+            self._messages.pop(message_id, None)
+            self._ratings.pop(message_id, None)
+
+    def rate(self, message_id: str, rating: str | None, user: str, content: str | None) -> bool:
+        """Apply one feedback like Dify's MessageService.create_feedback: a rating creates or replaces
+        the feedback (content included), None deletes it; False when there is nothing to delete."""
+        with self._lock:
+            if rating is None:
+                if self._ratings.pop(message_id, None) is None:
+                    return False
+            else:
+                self._ratings[message_id] = (rating, content)
+            self._feedbacks.append(Feedback(message_id, rating, user, content))
+        return True
+
+    def rating(self, message_id: str) -> tuple[str, str | None] | None:
+        """(rating, content) of the message's current feedback, or None."""
+        with self._lock:
+            return self._ratings.get(message_id)
+
+    def feedbacks(self) -> list[Feedback]:
+        with self._lock:
+            return list(self._feedbacks)
+
     # -- the request log -------------------------------------------------------------------------
     def record(self, ex: Exchange, ended: float) -> RequestRecord:
         with self._lock:
@@ -222,6 +341,7 @@ class FakeState:
                 ended=ended,
                 response=ex.response,
                 fault=ex.fault,
+                trace_id=ex.trace_id,
             )
             self._records.append(record)
             if ex.bill is not None:
@@ -249,7 +369,8 @@ class FakeState:
             return self._calls.get(path, 0)
 
     def reset(self) -> None:
-        """Clear logs, counters, faults, stats, tokens and stored runs (apps and OAuth clients stay)."""
+        """Clear logs (the feedback log too), counters, faults, stats, tokens and stored runs (apps,
+        OAuth clients, answered messages and their current feedback stay)."""
         with self._lock:
             self._records.clear()
             self._bills.clear()
@@ -257,6 +378,8 @@ class FakeState:
             self._calls.clear()
             self._runs.clear()
             self._conversations.clear()
+            # Messages and their ratings stay: tests reset the logs between answering and rating.
+            self._feedbacks.clear()
         self.faults.clear()
         self.limits.reset()
         self.tokens.reset()
