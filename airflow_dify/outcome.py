@@ -44,6 +44,8 @@ class ResultColumns:
     workflow_id: str = "workflow_id"
     #: sha256 of what was sent (app family, query, inputs): lets redo="changed" find edited rows.
     input_hash: str = "input_hash"
+    #: The X-Trace-Id the row's call carried: finds it in Dify's logs and Langfuse/LangSmith traces.
+    trace_id: str = "trace_id"
 
     @classmethod
     def with_overrides(cls, overrides: dict[str, str] | None) -> ResultColumns:
@@ -101,6 +103,7 @@ class RowOutcome:
     attempts: int = 1
     workflow_id: str | None = None
     input_hash: str | None = None  # None when the row could not be turned into a request
+    trace_id: str | None = None  # the X-Trace-Id the call was sent with (None: no call made)
     #: Dify error code for summaries ("too_many_requests", "invalid_param", ...); not a column.
     error_code: str | None = None
     #: True when the outcome is ambiguous: the request may have run and been billed.
@@ -117,8 +120,6 @@ class RowOutcome:
     #: Earlier attempts of this call that may have been billed (re-sent after a timeout or 504):
     #: each is one ``maybe_billed`` entry in the usage ledger.
     earlier_maybe_billed: int = 0
-    #: The X-Trace-Id the call was sent with.
-    trace_id: str | None = None
 
     @property
     def keeps_prior_answer(self) -> bool:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from airflow_dify.batch.breaker import SYSTEMIC, classify, rejects_pinned_version
 from airflow_dify.batch.errors import RowError
 from airflow_dify.batch.outputs import OutputSpec
+from airflow_dify.batch.recovery import SupportsLookup, recover_chat, row_user
 from airflow_dify.batch.rows import PromptBuilder, failed_outcome
+from airflow_dify.batch.trace import row_trace_id, script_prefix
 from airflow_dify.client.errors import DifyError
-from airflow_dify.client.models import DifyResult
+from airflow_dify.client.models import MODE_FAMILY, DifyResult
 from airflow_dify.outcome import FAILED, STATUS_KEY, SUCCEEDED, RowOutcome
 
 MAX_ERROR_CHARS = 1000
@@ -28,6 +31,7 @@ class SupportsCall(Protocol):
         user: str,
         response_mode: str | None,
         workflow_id: str | None = None,
+        trace_id: str | None = None,
     ) -> DifyResult: ...
 
 
@@ -52,7 +56,9 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def outcome_from_result(row_id: Any, result: DifyResult, *, input_hash: str | None = None) -> RowOutcome:
+def outcome_from_result(
+    row_id: Any, result: DifyResult, *, input_hash: str | None = None, trace_id: str | None = None
+) -> RowOutcome:
     attempts = getattr(result, "attempts", 1) or 1
     return RowOutcome(
         row_id,
@@ -60,12 +66,15 @@ def outcome_from_result(row_id: Any, result: DifyResult, *, input_hash: str | No
         answered_at=_now(),
         attempts=attempts,
         input_hash=input_hash,
+        trace_id=trace_id,
         earlier_maybe_billed=result.maybe_billed_retries,
         **_result_fields(result),
     )
 
 
-def outcome_from_error(row_id: Any, err: DifyError, *, input_hash: str | None = None) -> RowOutcome:
+def outcome_from_error(
+    row_id: Any, err: DifyError, *, input_hash: str | None = None, trace_id: str | None = None
+) -> RowOutcome:
     message = str(err)
     if err.maybe_billed:
         message += " (the request may have run and been billed by Dify; not re-sent)"
@@ -81,6 +90,7 @@ def outcome_from_error(row_id: Any, err: DifyError, *, input_hash: str | None = 
         # Kept on failures too: redo="changed" re-asks a failed row only once its content changes
         # (redo="failed" retries it as is).
         input_hash=input_hash,
+        trace_id=trace_id,
         earlier_maybe_billed=err.maybe_billed_retries,
         **_result_fields(err.result),
     )
@@ -107,13 +117,21 @@ def make_row_caller(
     app_mode: str | None = None,
     workflow_id: str | None = None,
     outputs: OutputSpec | None = None,
+    trace_prefix: str | None = None,
+    user_per_row: bool = False,
+    citations_column: str | None = None,
 ) -> Callable[[Mapping[str, Any]], RowOutcome]:
     """``app_mode`` (Dify's own, e.g. ``agent-chat``) lets the client pick streaming where required.
 
-    ``workflow_id`` pins a published workflow version; ``outputs`` maps the answer to columns.
+    ``workflow_id`` pins a published workflow version; ``outputs`` maps the answer to columns;
+    ``trace_prefix`` starts every call's X-Trace-Id (see :mod:`airflow_dify.batch.trace`);
+    ``user_per_row`` asks as ``<user>-<row>`` so a chat call that timed out is looked up, not
+    re-paid (see :mod:`airflow_dify.batch.recovery`); ``citations_column`` takes RAG citations.
     """
+    prefix = trace_prefix or script_prefix()
     family = app_mode or builder.family
     version = {"workflow_id": workflow_id} if workflow_id else {}
+    recovers = user_per_row and MODE_FAMILY.get(family) == "chat"
 
     def call_row(row: Mapping[str, Any]) -> RowOutcome:
         outcome = call(row)
@@ -127,17 +145,27 @@ def make_row_caller(
             prompt = builder.build(row)
         except RowError as exc:
             return failed_outcome(row_id, exc.code, str(exc))
+        trace_id = row_trace_id(prefix, row_id)
+        sender = row_user(user, row_id) if user_per_row else user
+        started = time.time()
         try:
             result = client.call(
                 family,
                 query=prompt.query,
                 inputs=prompt.inputs,
-                user=user,
+                user=sender,
                 response_mode=response_mode,
+                trace_id=trace_id,
                 **version,
             )
         except DifyError as err:
-            outcome = outcome_from_error(row_id, err, input_hash=prompt.input_hash)
+            found = None
+            if recovers and err.maybe_billed:
+                found = recover_chat(cast(SupportsLookup, client), sender, started, family=family)
+            if found is not None:
+                result = replace(found, attempts=err.attempts, maybe_billed_retries=err.maybe_billed_retries)
+                return finish(row_id, result, prompt.input_hash, trace_id)
+            outcome = outcome_from_error(row_id, err, input_hash=prompt.input_hash, trace_id=trace_id)
             if workflow_id and rejects_pinned_version(err):
                 return replace(outcome, failure=SYSTEMIC, error_code="workflow_id_rejected")
             return outcome
@@ -150,11 +178,21 @@ def make_row_caller(
                 error_code="internal_error",
                 answered_at=_now(),
                 input_hash=prompt.input_hash,
+                trace_id=trace_id,
             )
-        outcome = outcome_from_result(row_id, result, input_hash=prompt.input_hash)
+        return finish(row_id, result, prompt.input_hash, trace_id)
+
+    def finish(row_id: Any, result: DifyResult, input_hash: str | None, trace_id: str) -> RowOutcome:
+        outcome = outcome_from_result(row_id, result, input_hash=input_hash, trace_id=trace_id)
         if workflow_id and outcome.workflow_id is None:
             outcome = replace(outcome, workflow_id=workflow_id)  # a chatflow's answer does not echo it
-        return with_outputs(outcome, result, outputs) if outputs else outcome
+        if outputs:
+            outcome = with_outputs(outcome, result, outputs)
+        if citations_column:
+            outcome = replace(
+                outcome, outputs={**(outcome.outputs or {}), citations_column: list(result.citations)}
+            )
+        return outcome
 
     return call_row
 

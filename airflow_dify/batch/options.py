@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from airflow_dify.batch.outputs import OutputSpec
+from airflow_dify.batch.trace import check_prefix
 from airflow_dify.client.models import MODE_FAMILY
 from airflow_dify.outcome import REDO_MODES, ResultColumns, check_shard
 
@@ -41,6 +42,12 @@ class BatchOptions:
     :param output_columns: output name (workflow output, or key of a JSON answer) -> column.
     :param output_schema: JSON Schema subset that types the output columns and checks answers.
     :param workflow_id: run this published workflow version (workflow and chatflow apps).
+    :param user_per_row: chat apps: each row asks as ``<user>-<row id>``, so a call that timed out
+        is found (GET /conversations, GET /messages) and stored instead of asked again.
+    :param citations_column: RAG apps: store the answer's ``retriever_resources`` (document,
+        segment, score) as JSON in this column.
+    :param trace_prefix: start of every call's X-Trace-Id (the operator names the task try);
+        None: ``run-<random>``.
 
     Which rows:
 
@@ -76,6 +83,9 @@ class BatchOptions:
     output_columns: Mapping[str, str] = field(default_factory=dict)
     output_schema: Mapping[str, Any] | None = None
     workflow_id: str | None = None
+    trace_prefix: str | None = None
+    user_per_row: bool = False
+    citations_column: str | None = None
     redo: str = "failed"
     where: str | None = None
     where_parameters: Any = None
@@ -127,6 +137,13 @@ class BatchOptions:
             not isinstance(self.workflow_id, str) or not self.workflow_id.strip()
         ):
             raise ValueError("workflow_id must be the id of a published workflow version")
+        if self.citations_column is not None:
+            if not isinstance(self.citations_column, str) or not self.citations_column.strip():
+                raise ValueError("citations_column must be a column name")
+            if self.citations_column in self.output_columns.values():
+                raise ValueError(f"citations_column {self.citations_column!r} is also an output column")
+        if self.trace_prefix is not None:
+            check_prefix(self.trace_prefix)
         if not isinstance(self.user, str) or not self.user.strip():
             raise ValueError("user must be a non-empty end-user id, e.g. 'airflow-<dag_id>'")
 

@@ -96,7 +96,10 @@ def run_batch(
             f"workflow_id is set, but app {app.name!r} is a {mode!r} app, which has no workflow versions "
             f"(only {' and '.join(VERSIONED_MODES)} apps do); drop workflow_id; no row was called"
         )
-    source.prepare(builder.read_columns, builder.current_hash, outputs=outputs.column_kinds())
+    columns = dict(outputs.column_kinds())
+    if options.citations_column:
+        columns[options.citations_column] = "array"  # a JSON column, like an array output
+    source.prepare(builder.read_columns, builder.current_hash, outputs=columns)
     sink.bind_app(mode, options.workflow_id)
     logger.info(
         "Dify batch: mode=%s, max_concurrency=%s, chunk_size=%s, redo=%s",
@@ -114,6 +117,9 @@ def run_batch(
         app_mode=mode,
         workflow_id=options.workflow_id,
         outputs=outputs or None,
+        trace_prefix=options.trace_prefix,
+        user_per_row=options.user_per_row,
+        citations_column=options.citations_column,
     )
     summary = drive(
         source,

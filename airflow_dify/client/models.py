@@ -102,6 +102,8 @@ class DifyResult:
     attempts: int = 1
     #: Of those, failed attempts that may have run and been billed (re-sent timeouts, 504s).
     maybe_billed_retries: int = 0
+    #: RAG apps: ``metadata.retriever_resources`` (document, segment, score) the answer cites.
+    citations: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_message(cls, body: dict[str, Any], *, mode: str, latency_ms: int | None = None) -> DifyResult:
@@ -116,6 +118,7 @@ class DifyResult:
             task_id=body.get("task_id"),
             latency_ms=latency_ms,
             created_at=body.get("created_at"),
+            citations=tuple(r for r in meta.get("retriever_resources") or () if isinstance(r, dict)),
         )
 
     @classmethod

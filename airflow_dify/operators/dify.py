@@ -14,6 +14,7 @@ from airflow_dify.batch.engine import StopSignal
 from airflow_dify.batch.options import DEFAULT_MAX_PROMPT_CHARS, BatchOptions, option_names, shard_from
 from airflow_dify.batch.run import run_batch
 from airflow_dify.batch.summary import BatchSummary
+from airflow_dify.batch.trace import task_prefix
 from airflow_dify.hooks.dify import DifyHook
 from airflow_dify.operators.connect import batch_client
 from airflow_dify.operators.errors import DifyBatchFailedError, DifyBatchKilledError, raise_for_summary
@@ -99,6 +100,13 @@ class DifyBatchOperator(BaseOperator):
     :param outage_seconds: stop when no call has reached Dify for this many seconds; the rows not
         answered stay pending and the task fails naming the cause (also on a revoked key, a
         disabled app or an exhausted quota, which stop it at once).
+    :param user_per_row: chat apps: each row asks Dify as its own end user ``<user>-<row id>``, so
+        a call that timed out (504/524, read timeout, broken stream) is found with GET
+        /conversations + GET /messages and stored with its exact price instead of being asked
+        (and paid) again; only a call Dify has no record of fails as "maybe billed". Give
+        DifyFeedbackOperator the same setting.
+    :param citations_column: RAG apps: store each answer's ``retriever_resources`` (document
+        name, segment id, score, ...) as JSON in this column (created when missing).
     :param ledger_table: the usage ledger on the same SQL connection: one appended row per call
         Dify billed or may have billed (task try, row id, message/run id, tokens, exact price,
         outcome), written in the same transaction as the row's result; created when missing.
@@ -161,6 +169,8 @@ class DifyBatchOperator(BaseOperator):
         resend_maybe_billed: bool = False,
         outage_seconds: float = 60.0,
         ledger_table: str | None = DEFAULT_LEDGER_TABLE,
+        user_per_row: bool = False,
+        citations_column: str | None = None,
         **kwargs: Any,
     ) -> None:
         if "outlets" not in kwargs:  # an explicit outlets (even []) wins over the derived Asset
@@ -206,6 +216,9 @@ class DifyBatchOperator(BaseOperator):
             return BatchOptions(**values)
         values["user"] = values["user"] or f"airflow-{context['dag'].dag_id}"
         values["shard"] = shard_from(self.shard_index, self.shard_count)
+        ti = context["ti"]
+        map_index = ti.map_index if ti.map_index is not None else -1
+        values["trace_prefix"] = task_prefix(ti.dag_id, ti.task_id, ti.run_id, map_index, ti.try_number)
         return BatchOptions(**values)
 
     def _table(self, context: Context) -> SqlTable:

@@ -103,6 +103,7 @@ _TYPES_POSTGRES = {
     "attempts": "INTEGER",
     "input_hash": "VARCHAR(64)",  # hex sha256
     "workflow_id": "VARCHAR(64)",
+    "trace_id": "VARCHAR(128)",
     # Claims: which run holds the row and until when (epoch seconds).
     "claimed_by": "VARCHAR(120)",
     "claimed_until": "DOUBLE PRECISION",
@@ -138,7 +139,7 @@ _KINDS: dict[str, tuple[str, ...]] = {
 }
 FIELD_KINDS = {
     **dict.fromkeys(("answer", "status", "error", "currency", "message_id", "conversation_id"), "text"),
-    **dict.fromkeys(("input_hash", "claimed_by", "workflow_id"), "text"),
+    **dict.fromkeys(("input_hash", "claimed_by", "workflow_id", "trace_id"), "text"),
     **dict.fromkeys(("prompt_tokens", "completion_tokens", "total_tokens", "latency_ms", "attempts"), "int"),
     "total_price": "decimal",
     "answered_at": "time",

@@ -24,7 +24,7 @@ from airflow_dify.sql.schema import Columns, Schema
 log = logging.getLogger("airflow_dify.sql.table")
 CLAIM_FIELDS = ("claimed_by", "claimed_until")
 #: Result columns newer than the ownership registry: a table an earlier version answered lacks them.
-ADDED_SINCE_REGISTRY = frozenset({"workflow_id"})
+ADDED_SINCE_REGISTRY = frozenset({"workflow_id", "trace_id"})
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,8 @@ def entries(outcome: RowOutcome) -> list[dict[str, Any]]:
     Varying fields only; :class:`Ledger` adds the run's context. Empty for a row that made no
     billable call (a bad prompt, a 4xx refusal).
     """
-    earlier = [{"outcome": MAYBE_BILLED, "error_code": "retried"}] * outcome.earlier_maybe_billed
+    retried = {"outcome": MAYBE_BILLED, "error_code": "retried", "trace_id": outcome.trace_id}
+    earlier = [retried] * outcome.earlier_maybe_billed
     final = _final(outcome)
     return earlier if final is None else [*earlier, final]
 
