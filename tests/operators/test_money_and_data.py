@@ -38,7 +38,15 @@ def test_two_runs_started_together_bill_each_row_once(
 ) -> None:
     table = unique_table()
     sql_db.create_prompts(table, [(i, f"question {i}") for i in range(1, 201)])
-    fake_dify.latency = 0.12  # each run alone would take ~6 s: the two overlap
+
+    # Each run alone would take ~6 s. Until the second process has made its pre-flight GET /info
+    # (process start-up can differ by more than that on a loaded machine), calls are held 2 s,
+    # so the two runs overlap for sure; bounded: without a second run the batch still ends.
+    def latency(_body: Any) -> float:
+        started = sum(1 for r in fake_dify.requests if r.path == "/info")
+        return 0.12 if started >= 2 else 2.0
+
+    fake_dify.latency = latency
     try:
         results = run_dag_processes(
             f"overlap_{sql_db.kind}", [tmp_path / "home1", tmp_path / "home2"], **kwargs(table)
