@@ -10,6 +10,7 @@ from typing import Any, Protocol, cast
 
 from airflow_dify.batch.breaker import SYSTEMIC, classify, rejects_pinned_version
 from airflow_dify.batch.errors import RowError
+from airflow_dify.batch.file_inputs import FileInputs
 from airflow_dify.batch.outputs import OutputSpec
 from airflow_dify.batch.recovery import SupportsLookup, recover_chat, row_user
 from airflow_dify.batch.rows import PromptBuilder, failed_outcome
@@ -120,13 +121,15 @@ def make_row_caller(
     trace_prefix: str | None = None,
     user_per_row: bool = False,
     citations_column: str | None = None,
+    files: FileInputs | None = None,
 ) -> Callable[[Mapping[str, Any]], RowOutcome]:
     """``app_mode`` (Dify's own, e.g. ``agent-chat``) lets the client pick streaming where required.
 
     ``workflow_id`` pins a published workflow version; ``outputs`` maps the answer to columns;
     ``trace_prefix`` starts every call's X-Trace-Id (see :mod:`airflow_dify.batch.trace`);
     ``user_per_row`` asks as ``<user>-<row>`` so a chat call that timed out is looked up, not
-    re-paid (see :mod:`airflow_dify.batch.recovery`); ``citations_column`` takes RAG citations.
+    re-paid (see :mod:`airflow_dify.batch.recovery`); ``citations_column`` takes RAG citations;
+    ``files`` puts the row's file inputs in (uploaded once, before the call and its retries).
     """
     prefix = trace_prefix or script_prefix()
     family = app_mode or builder.family
@@ -147,6 +150,13 @@ def make_row_caller(
             return failed_outcome(row_id, exc.code, str(exc))
         trace_id = row_trace_id(prefix, row_id)
         sender = row_user(user, row_id) if user_per_row else user
+        if files is not None:
+            try:
+                prompt = replace(prompt, inputs=files.attach(prompt, user=sender))
+            except RowError as exc:
+                return failed_outcome(row_id, exc.code, str(exc))
+            except DifyError as err:  # the upload failed (no generation call): classified like one
+                return outcome_from_error(row_id, err, input_hash=prompt.input_hash)
         started = time.time()
         try:
             result = client.call(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from airflow_dify.batch.files import Opener, check_file_columns
 from airflow_dify.batch.outputs import OutputSpec
 from airflow_dify.batch.trace import check_prefix
 from airflow_dify.client.models import MODE_FAMILY
@@ -35,6 +36,11 @@ class BatchOptions:
     :param query_column: column holding the chat/completion query.
     :param query_template: per-row template instead of ``query_column`` (Jinja or ``str.format``).
     :param input_columns: Dify input variable -> column (required for workflows).
+    :param file_columns: Dify file input variable -> column holding a URL (sent as ``remote_url``),
+        a local or object-storage path or bytes (uploaded, sent as ``local_file``), or a list of
+        them (see :mod:`airflow_dify.batch.file_inputs`).
+    :param file_opener: opens object-storage paths of ``file_columns`` (the operator passes
+        Airflow's ``ObjectStoragePath``); None: fsspec when installed.
     :param user: Dify end-user id sent with every call.
     :param response_mode: ``blocking`` or ``streaming``; None = blocking, streaming where required.
     :param max_prompt_chars: longer prompts fail their row without a call.
@@ -76,6 +82,8 @@ class BatchOptions:
     query_column: str | None = "prompt"
     query_template: str | None = None
     input_columns: Mapping[str, str] = field(default_factory=dict)
+    file_columns: Mapping[str, str] = field(default_factory=dict)
+    file_opener: Opener | None = None
     user: str = "airflow-dify"
     response_mode: str | None = None
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
@@ -110,6 +118,7 @@ class BatchOptions:
             renames = dict(self.result_columns or {})
             object.__setattr__(self, "result_columns", ResultColumns.with_overrides(renames))
         object.__setattr__(self, "input_columns", dict(self.input_columns or {}))
+        object.__setattr__(self, "file_columns", dict(self.file_columns or {}))
         object.__setattr__(self, "output_columns", dict(self.output_columns or {}))
         object.__setattr__(self, "max_total_price", _price(self.max_total_price))
         if self.shard is not None:
@@ -133,6 +142,7 @@ class BatchOptions:
         if self.max_total_tokens is not None:
             _positive("max_total_tokens", self.max_total_tokens)
         OutputSpec(self.output_columns, self.output_schema)  # raises ValueError naming the problem
+        check_file_columns(self.file_columns, self.input_columns, self.file_opener)
         if self.workflow_id is not None and (
             not isinstance(self.workflow_id, str) or not self.workflow_id.strip()
         ):

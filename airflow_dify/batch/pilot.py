@@ -177,7 +177,8 @@ def run_pilot(
     check_pilot(sample_rows, confidence, options.redo)
     if reader.claims:
         raise ValueError("reader must be a source that does not claim rows (SqlTable(claims=False))")
-    app = preflight(client, options.app_mode, options.input_columns, logger)
+    files = options.file_columns
+    app = preflight(client, options.app_mode, options.input_columns, logger, file_columns=files)
     builder = PromptBuilder.for_options(options, app.mode, reader.id_column, app_name=app.name)
     reader.prepare(builder.read_columns, builder.current_hash, outputs=options.outputs().column_kinds())
     rng = random.Random(seed)

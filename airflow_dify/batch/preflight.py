@@ -25,9 +25,26 @@ class SupportsInfo(Protocol):
 
 
 def preflight(
-    client: SupportsInfo, app_mode: str | None, input_columns: Mapping[str, str], logger: Any
+    client: SupportsInfo,
+    app_mode: str | None,
+    input_columns: Mapping[str, str],
+    logger: Any,
+    *,
+    file_columns: Mapping[str, str] | None = None,
 ) -> AppInfo:
     """The app (name and own Dify mode), once the key, the mode and the input mapping are known to fit."""
+    return preflight_app(client, app_mode, input_columns, logger, file_columns=file_columns)[0]
+
+
+def preflight_app(
+    client: SupportsInfo,
+    app_mode: str | None,
+    input_columns: Mapping[str, str],
+    logger: Any,
+    *,
+    file_columns: Mapping[str, str] | None = None,
+) -> tuple[AppInfo, dict[str, Any]]:
+    """:func:`preflight`, and what GET /parameters answered (the file inputs' limits are in it)."""
     try:
         info = client.info()
     except DifyError as err:
@@ -47,8 +64,8 @@ def preflight(
         parameters = client.parameters()
     except DifyError as err:
         raise PreflightError(f"pre-flight GET /parameters failed, so no row was called: {err}") from err
-    check_inputs(info.name, form_of(parameters), input_columns)
-    return info
+    check_inputs(info.name, form_of(parameters), {**input_columns, **(file_columns or {})})
+    return info, parameters
 
 
 def form_of(parameters: Mapping[str, Any]) -> dict[str, tuple[str, bool]]:
@@ -82,4 +99,4 @@ def check_inputs(app: str, form: dict[str, tuple[str, bool]], input_columns: Map
         raise PreflightError(f"app {app!r}: " + "; ".join(problems) + "; no row was called")
 
 
-__all__ = ["FILE_TYPES", "SupportsInfo", "check_inputs", "form_of", "preflight"]
+__all__ = ["FILE_TYPES", "SupportsInfo", "check_inputs", "form_of", "preflight", "preflight_app"]

@@ -7,10 +7,11 @@ import hashlib
 import json
 import string
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_dify.batch.errors import RowError
+from airflow_dify.batch.files import FileCell, fingerprints, parse_cell
 from airflow_dify.batch.options import DEFAULT_MAX_PROMPT_CHARS, BatchOptions
 from airflow_dify.client.models import MODE_FAMILY
 from airflow_dify.outcome import FAILED, HASH_KEY, RowOutcome
@@ -19,12 +20,14 @@ from airflow_dify.sql.dialects import InvalidText
 
 @dataclass(frozen=True)
 class Prompt:
-    """A row ready to call: ``query`` (None for workflows) and ``inputs``."""
+    """A row ready to call: ``query`` (None for workflows) and ``inputs``; ``files``: the cells of
+    ``file_columns`` (variable -> files), put into ``inputs`` in the call (uploaded if need be)."""
 
     row_id: Any
     query: str | None
     inputs: dict[str, Any]
     input_hash: str | None = None
+    files: dict[str, FileCell] = field(default_factory=dict)
 
 
 def _json_default(value: Any) -> Any:
@@ -106,6 +109,7 @@ class PromptBuilder:
         app_name: str | None = None,
         workflow_id: str | None = None,
         outputs: str | None = None,
+        file_columns: Mapping[str, str] | None = None,
     ) -> None:
         self.family = family
         # What answers, as far as the hash is concerned: the family (not the exact mode, which
@@ -115,16 +119,17 @@ class PromptBuilder:
         self.app: dict[str, Any] = {"family": family, **{k: v for k, v in identity.items() if v}}
         # Rows answered before the hash covered the app were hashed with the family alone: they
         # count as this app's answers (not re-billed) unless a version or outputs are now asked.
-        self._legacy_app = {"family": family} if not (workflow_id or outputs) else None
+        self._legacy_app = {"family": family} if not (workflow_id or outputs or file_columns) else None
         self.id_column = id_column
         self.query_column = None if query_template else query_column
         self.query_template = query_template
         self.input_columns = dict(input_columns or {})
+        self.file_columns = dict(file_columns or {})
         self.max_prompt_chars = max_prompt_chars
         self.null_as = null_as
         self._template = _compile_template(query_template) if query_template else None
         self._template_columns = template_columns(query_template) if query_template else []
-        if family == "workflow" and not self.input_columns:
+        if family == "workflow" and not (self.input_columns or self.file_columns):
             raise ValueError("a workflow app needs input_columns (Dify input variable -> column)")
 
     @classmethod
@@ -143,12 +148,13 @@ class PromptBuilder:
             input_columns=options.input_columns,
             max_prompt_chars=options.max_prompt_chars,
             null_as=options.null_as,
+            file_columns=options.file_columns,
         )
 
     @property
     def read_columns(self) -> list[str]:
         """Columns the SQL source must select (besides the id)."""
-        cols = list(self.input_columns.values())
+        cols = [*self.input_columns.values(), *self.file_columns.values()]
         if self.family != "workflow":
             if self.query_template:
                 cols[:0] = template_columns(self.query_template)
@@ -159,9 +165,18 @@ class PromptBuilder:
     def build(self, row: Mapping[str, Any]) -> Prompt:
         row_id = row[self.id_column]
         inputs = self._inputs(row, row_id)
-        query = self._query(row, row_id, inputs) if self.family != "workflow" else None
+        files = {
+            var: parse_cell(_text(row.get(col), row_id, col), row_id=row_id, column=col)
+            for var, col in self.file_columns.items()
+        }
+        sent = {**inputs, **files} if files else inputs
+        query = self._query(row, row_id, sent) if self.family != "workflow" else None
         return Prompt(
-            row_id=row_id, query=query, inputs=inputs, input_hash=input_hash(self.app, query, inputs)
+            row_id=row_id,
+            query=query,
+            inputs=inputs,
+            input_hash=input_hash(self.app, query, _hashed(inputs, files)),
+            files=files,
         )
 
     def _value(self, row: Mapping[str, Any], row_id: Any, column: str, role: str) -> Any:
@@ -238,9 +253,14 @@ class PromptBuilder:
         stored = str(row.get(HASH_KEY) or "").strip()
         legacy = self._legacy_app
         old = legacy is not None and stored not in ("", prompt.input_hash)
-        if old and stored == input_hash(legacy or {}, prompt.query, prompt.inputs):
+        if old and stored == input_hash(legacy or {}, prompt.query, _hashed(prompt.inputs, prompt.files)):
             return stored
         return prompt.input_hash
+
+
+def _hashed(inputs: dict[str, Any], files: Mapping[str, FileCell]) -> dict[str, Any]:
+    """What the input hash covers: the inputs, and the files as their URL/path texts or digests."""
+    return {**inputs, **fingerprints(files)} if files else inputs
 
 
 def failed_outcome(row_id: Any, code: str, message: str, *, attempts: int = 0) -> RowOutcome:

@@ -20,8 +20,9 @@ from airflow_dify.batch.budget import BudgetGuard
 from airflow_dify.batch.calls import SupportsCall, make_row_caller
 from airflow_dify.batch.engine import CallPool, StopSignal
 from airflow_dify.batch.errors import PreflightError
+from airflow_dify.batch.file_inputs import FileInputs
 from airflow_dify.batch.options import BatchOptions
-from airflow_dify.batch.preflight import SupportsInfo, preflight
+from airflow_dify.batch.preflight import SupportsInfo, preflight_app
 from airflow_dify.batch.rows import PromptBuilder
 from airflow_dify.batch.summary import BatchSummary, ProgressReporter
 from airflow_dify.outcome import RowOutcome
@@ -87,7 +88,10 @@ def run_batch(
     bad settings and unusable tables raise before the first call.
     """
     logger = logger or log
-    app = preflight(client, options.app_mode, options.input_columns, logger)
+    app, parameters = preflight_app(
+        client, options.app_mode, options.input_columns, logger, file_columns=options.file_columns
+    )
+    files = FileInputs.for_options(client, app.name, parameters, options)
     mode = app.mode
     builder = PromptBuilder.for_options(options, mode, source.id_column, app_name=app.name)
     outputs = options.outputs()
@@ -120,6 +124,7 @@ def run_batch(
         trace_prefix=options.trace_prefix,
         user_per_row=options.user_per_row,
         citations_column=options.citations_column,
+        files=files,
     )
     summary = drive(
         source,

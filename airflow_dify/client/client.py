@@ -28,6 +28,7 @@ from airflow_dify.client.errors import (
 )
 from airflow_dify.client.exchange import Exchange, read_all
 from airflow_dify.client.feedback import FEEDBACK_ENDPOINT, feedback_request
+from airflow_dify.client.files import UPLOAD_ENDPOINT, UPLOAD_PATH, upload_failure, upload_request
 from airflow_dify.client.models import MODE_FAMILY, STREAMING_ONLY_MODES, AppInfo, DifyResult
 from airflow_dify.client.responses import CallContext, json_body
 from airflow_dify.client.retry import RetryPolicy, call_with_retries
@@ -386,6 +387,26 @@ class DifyClient:
 
     def __repr__(self) -> str:
         return f"DifyClient(base_url={self.base_url!r}, auth={self.auth!r})"
+
+    def upload_file(self, name: str, data: bytes, mime: str, *, user: str) -> dict[str, Any]:
+        """POST /files/upload (multipart) as ``user``: Dify's record of the file, whose ``id`` goes in
+        ``inputs`` as ``upload_file_id`` of a call as the same user. Nothing is billed, so it is
+        retried (re-sent too) outside the pool; 413/415 raise with code ``file_too_large`` /
+        ``unsupported_file_type``."""
+        body, content_type = upload_request(name, data, mime, user)
+        ctx = self._ctx(UPLOAD_ENDPOINT)
+        headers = {"Content-Type": content_type}
+        policy = replace(self.retry, resend_maybe_billed=True)
+        try:
+            return call_with_retries(
+                policy,
+                ctx.endpoint,
+                lambda: json_body(
+                    self._exchange.send("POST", UPLOAD_PATH, ctx, body=body, headers=headers), ctx
+                ),
+            )
+        except DifyError as err:
+            raise upload_failure(err) from err.__cause__
 
 
 def _parse(family: str, data: dict[str, Any], latency_ms: int) -> DifyResult:

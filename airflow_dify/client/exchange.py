@@ -27,7 +27,8 @@ class _Answer(Protocol):
 
 A = TypeVar("A", bound=_Answer)
 T = TypeVar("T")
-Body = dict[str, Any] | None
+#: A JSON object, or bytes already encoded (a multipart upload: its Content-Type comes in the headers).
+Body = dict[str, Any] | bytes | None
 Headers = dict[str, str] | None
 
 
@@ -93,7 +94,9 @@ class Exchange:
         if headers:
             hdrs.update(headers)
         data = None
-        if body is not None:
+        if isinstance(body, bytes):
+            data = body
+        elif body is not None:
             data = json.dumps(body, allow_nan=False).encode()
             hdrs["Content-Type"] = "application/json"
         return Request(method, self.base_url + path, hdrs, data, self.timeout, ctx.where)

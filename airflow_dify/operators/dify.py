@@ -18,6 +18,7 @@ from airflow_dify.batch.trace import task_prefix
 from airflow_dify.hooks.dify import DifyHook
 from airflow_dify.operators.connect import batch_client
 from airflow_dify.operators.errors import DifyBatchFailedError, DifyBatchKilledError, raise_for_summary
+from airflow_dify.operators.files import open_object_storage
 from airflow_dify.operators.lineage import default_outlets, operator_lineage, table_ref
 from airflow_dify.sql.claims import ClaimOwner
 from airflow_dify.sql.dialects import dialect_for
@@ -59,6 +60,11 @@ class DifyBatchOperator(BaseOperator):
     :param query_template: alternative to ``query_column``: a per-row template, Jinja
         (``{{ title }}: {{ body }}``) or ``str.format`` (``{title}: {body}``) over the row's columns.
     :param input_columns: Dify input variable -> column, sent as ``inputs`` (required for workflows).
+    :param file_columns: Dify file input variable -> column holding an ``http(s)`` URL (sent as
+        ``remote_url``), a local path or an object-storage path (``s3://``, ``gs://``, ``abfs://``,
+        read through ``ObjectStoragePath``) or the bytes (BLOB), or a list of them (JSON array) for
+        a ``file-list`` input; files are checked against GET /parameters, then uploaded once
+        (``POST /files/upload``) under the row's user and sent as ``local_file``.
     :param app_mode: ``chat`` | ``completion`` | ``workflow``; default: the connection's, else GET /info.
     :param user: Dify end-user id sent with every call; default ``airflow-<dag_id>``.
     :param max_concurrency: concurrent calls (may only tighten the connection's limit).
@@ -121,6 +127,7 @@ class DifyBatchOperator(BaseOperator):
         "where",
         "where_parameters",
         "input_columns",
+        "file_columns",
         "user",
         "shard_index",
         "shard_count",
@@ -129,7 +136,12 @@ class DifyBatchOperator(BaseOperator):
         # A cap from an upstream task, e.g. an approved estimate (dags/example_dify_approved_batch.py).
         "max_total_price",
     )
-    template_fields_renderers = {"where": "sql", "input_columns": "json", "where_parameters": "json"}
+    template_fields_renderers = {
+        "where": "sql",
+        "input_columns": "json",
+        "file_columns": "json",
+        "where_parameters": "json",
+    }
     ui_color = "#e6f0ff"
     ui_fgcolor = "#1c3d7a"
 
@@ -144,6 +156,7 @@ class DifyBatchOperator(BaseOperator):
         query_column: str | None = "prompt",
         query_template: str | None = None,
         input_columns: Mapping[str, str] | None = None,
+        file_columns: Mapping[str, str] | None = None,
         app_mode: str | None = None,
         user: str | None = None,
         max_concurrency: int | None = None,
@@ -189,6 +202,7 @@ class DifyBatchOperator(BaseOperator):
         for name in _OPTION_ARGUMENTS:
             setattr(self, name, arguments[name])
         self.input_columns = dict(input_columns or {})
+        self.file_columns = dict(file_columns or {})
         self._options(None)  # bad arguments fail at parse time, naming the argument
         self._stop = StopSignal()
         self._summary: dict[str, Any] | None = None
@@ -219,6 +233,7 @@ class DifyBatchOperator(BaseOperator):
         ti = context["ti"]
         map_index = ti.map_index if ti.map_index is not None else -1
         values["trace_prefix"] = task_prefix(ti.dag_id, ti.task_id, ti.run_id, map_index, ti.try_number)
+        values["file_opener"] = open_object_storage  # s3://, gs://, ... paths of file_columns
         return BatchOptions(**values)
 
     def _table(self, context: Context) -> SqlTable:

@@ -14,6 +14,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from airflow_dify.testing.apps import FakeApp
+from airflow_dify.testing.uploads import FILE_FORM_DEFAULTS, advertised_limits, file_upload_feature
 
 PROMPT_UNIT_PRICE = Decimal("0.001")
 COMPLETION_UNIT_PRICE = Decimal("0.002")
@@ -145,6 +146,8 @@ def parameters_body(app: FakeApp) -> dict[str, Any]:
         entry = {k: spec[k] for k in ("label", "variable", "required", "default")}
         if spec["type"] == "select":
             entry["options"] = list(spec.get("options", []))
+        if spec["type"] in FILE_FORM_DEFAULTS:
+            entry.update({k: spec.get(k, v) for k, v in FILE_FORM_DEFAULTS[spec["type"]].items()})
         form.append({spec["type"]: entry})
     return {
         "opening_statement": "",
@@ -157,21 +160,8 @@ def parameters_body(app: FakeApp) -> dict[str, Any]:
         "more_like_this": {"enabled": False},
         "sensitive_word_avoidance": {"enabled": False},
         "user_input_form": form,
-        "file_upload": {
-            "image": {
-                "enabled": False,
-                "number_limits": 3,
-                "detail": "high",
-                "transfer_methods": ["remote_url", "local_file"],
-            }
-        },
-        "system_parameters": {
-            "file_size_limit": 15,
-            "image_file_size_limit": 10,
-            "audio_file_size_limit": 50,
-            "video_file_size_limit": 100,
-            "workflow_file_upload_limit": 10,
-        },
+        "file_upload": file_upload_feature(app),
+        "system_parameters": advertised_limits(app),
     }
 
 

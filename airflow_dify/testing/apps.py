@@ -53,6 +53,15 @@ class FakeApp:
     :param pinned_runs: False refuses pinned runs with 403, like Dify Cloud's sandbox plan.
     :param citations: a RAG app's knowledge retrieval: (query, inputs) -> the
         ``metadata.retriever_resources`` of its answer (document_name, segment_id, score, ...).
+    :param file_upload: GET /parameters ``file_upload`` (the app's upload feature); file inputs are
+        form entries of type ``file``/``file-list`` with ``allowed_file_types``,
+        ``allowed_file_extensions``, ``allowed_file_upload_methods`` and (lists) ``max_length``.
+    :param upload_limits: ``system_parameters`` overrides (MB per type, ``workflow_file_upload_limit``):
+        advertised by GET /parameters and enforced by ``POST /files/upload``.
+    :param enforced_limits: what the upload endpoint really enforces where it differs from what
+        is advertised (a deployment tighter than it says: 413 ``file_too_large``).
+    :param upload_extensions: extensions the upload endpoint accepts (None: any); others get 415
+        ``unsupported_file_type``.
     """
 
     mode: str = "chat"
@@ -70,6 +79,10 @@ class FakeApp:
     versions: Sequence[str] = ()
     pinned_runs: bool = True
     citations: Callable[[str | None, dict[str, Any]], list[dict[str, Any]]] | None = None
+    file_upload: dict[str, Any] | None = None
+    upload_limits: dict[str, float] | None = None
+    enforced_limits: dict[str, float] | None = None
+    upload_extensions: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in _DEFAULT_NAMES:

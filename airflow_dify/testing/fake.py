@@ -21,6 +21,7 @@ from airflow_dify.testing.http_server import ThreadedHTTPServer
 from airflow_dify.testing.limits import Limits
 from airflow_dify.testing.oauth import OAuthClient, TokenStore
 from airflow_dify.testing.state import Bill, FakeState, Feedback, Latency, RequestRecord
+from airflow_dify.testing.uploads import Upload
 
 log = logging.getLogger("airflow_dify.testing")
 #: The HTTP servers FakeDify can run behind; both perform the handler's replies the same way.
@@ -239,3 +240,10 @@ class FakeDify:
         """Clear the request, billing and feedback logs, counters, faults, stats, tokens and stored
         runs (apps, OAuth clients, answered messages and their current feedback stay)."""
         self._state.reset()
+
+    @property
+    def uploads(self) -> list[Upload]:
+        """Snapshot of the files uploaded (``POST /files/upload``), in order: id, user, name, size,
+        extension, mime_type, sha256, ... Kept by :meth:`reset` (their ids stay valid); refused
+        uploads are only in :attr:`requests`."""
+        return self._state.uploads.all()

@@ -24,6 +24,7 @@ from airflow_dify.testing.auth import authenticate
 from airflow_dify.testing.conversations import message_item
 from airflow_dify.testing.exchange import Frame, Reply, Request, Reset, Stream
 from airflow_dify.testing.faults import EARLY_KINDS, STREAM_KINDS, Fault
+from airflow_dify.testing.files import check_file_inputs
 from airflow_dify.testing.replies import (
     DEFAULT_MESSAGES,
     HTML,
@@ -99,6 +100,7 @@ def generate(
     body = _parse_json(request.body)
     ex.body = None if body is _BAD_JSON else body
     call = validate(app, route, body, pinned)
+    check_file_inputs(state, app, call.user, call.inputs)
     conversation_id = _conversation(state, app, call.conversation_id)
     fault = state.faults.match(route, call.streaming, numbers)
     if fault is not None:

@@ -17,6 +17,7 @@ from airflow_dify.testing.conversations import serve as serve_conversations
 from airflow_dify.testing.exchange import Reply, Request
 from airflow_dify.testing.faults import TOKEN_PATH
 from airflow_dify.testing.feedback import feedback_route, submit_feedback
+from airflow_dify.testing.files import UPLOAD_PATH, upload_file
 from airflow_dify.testing.generation import generate, generation_route
 from airflow_dify.testing.replies import ROUTE_MESSAGES, Reject, error_reply, json_reply, rejected
 from airflow_dify.testing.state import Exchange, FakeState
@@ -60,6 +61,9 @@ def _route(request: Request, state: FakeState, ex: Exchange) -> Reply:
         return submit_feedback(state, request, ex, message_id)
     if path in CONVERSATION_PATHS:
         return serve_conversations(state, request, ex)
+    if path == UPLOAD_PATH:
+        _allow(ex, "POST")
+        return upload_file(state, request, ex)
     if read:
         _allow(ex, "GET")
         ex.auth, ex.app = authenticate(state, request.header("authorization"))

@@ -21,6 +21,7 @@ from airflow_dify.testing.apps import GENERATION_PATHS, FakeApp, default_apps
 from airflow_dify.testing.faults import TOKEN_PATH, FaultPlan
 from airflow_dify.testing.limits import Limits
 from airflow_dify.testing.oauth import TokenStore
+from airflow_dify.testing.uploads import UploadStore
 
 Latency = float | Callable[[Any], float]
 #: Bounds on remembered state, so a million-row benchmark does not grow the fake without end.
@@ -175,6 +176,8 @@ class FakeState:
         #: message id -> (rating, content) of its current feedback.
         self._ratings: dict[str, tuple[str, str | None]] = {}
         self._feedbacks: list[Feedback] = []
+        #: Files uploaded (``POST /files/upload``); kept across :meth:`reset`, like answered messages.
+        self.uploads = UploadStore()
 
     # -- apps and credentials --------------------------------------------------------------------
     def app(self, mode: str = "chat") -> FakeApp:
