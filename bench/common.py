@@ -10,6 +10,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import resource
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_dify.testing import FakeDify
+from bench.baselines.peer_report import RESULT_PREFIX
 
 REPO = Path(__file__).resolve().parent.parent
 WORK_ENV = "AIRFLOW_DIFY_BENCH_WORK"
@@ -33,7 +35,6 @@ def work_dir() -> Path:
     return path
 
 
-RESULT_PREFIX = "BENCH_RESULT "
 GENERATION_PATHS = frozenset({"/chat-messages", "/completion-messages", "/workflows/run"})
 
 
@@ -66,6 +67,8 @@ def machine_info() -> dict[str, Any]:
         "airflow_provider_dify": _version("airflow-provider-dify"),
         "requests": _version("requests"),
         "urllib3": _version("urllib3"),
+        "aiohttp": _version("aiohttp"),
+        "uvloop": _version("uvloop"),
         "git_commit": commit or None,
     }
 
@@ -74,6 +77,24 @@ def machine_info() -> dict[str, Any]:
 def start_fake(latency: float, *, keep_records: int | None) -> FakeDify:
     """FakeDify on 127.0.0.1; ``keep_records`` bounds the request log (a 1M-row run would grow it)."""
     return FakeDify(latency=latency, max_records=keep_records).start()
+
+
+def process_cpu() -> float:
+    """User + sys seconds of this (the bench's) process: FakeDify's, since the bench itself only
+    waits for its workers while they run."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def fake_cpu_view(cpu_seconds: float, wall_seconds: float | None, requests: int | None) -> dict[str, Any]:
+    """FakeDify's CPU over one client run: when ``share_of_one_core`` nears 1, the number measured
+    is the fake's ceiling, not the client's."""
+    out: dict[str, Any] = {"cpu_seconds": round(cpu_seconds, 3)}
+    if wall_seconds:
+        out["share_of_one_core"] = round(cpu_seconds / wall_seconds, 3)
+    if requests:
+        out["cpu_us_per_request"] = round(cpu_seconds / requests * 1e6, 1)
+    return out
 
 
 def windows(times: Sequence[float], width: float, limit: float) -> dict[str, int]:
@@ -165,19 +186,24 @@ class WorkerError(RuntimeError):
     """A worker process failed or printed no result; the message points at its log."""
 
 
-def worker_command(spec: dict[str, Any]) -> list[str]:
-    return [sys.executable, "-m", "bench.worker", json.dumps(spec)]
+def worker_command(spec: dict[str, Any], module: str = "bench.worker") -> list[str]:
+    return [sys.executable, "-m", module, json.dumps(spec)]
 
 
-def spawn_worker(spec: dict[str, Any], log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start a worker; its stdout+stderr go to bench/.work/logs/<log_name>.log."""
+def spawn_worker(
+    spec: dict[str, Any], log_name: str, env: dict[str, str] | None = None, module: str = "bench.worker"
+) -> subprocess.Popen:
+    """Start a worker (``python -m module '<spec>'``); its stdout+stderr go to
+    bench/.work/logs/<log_name>.log."""
     logs = work_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_file = open(logs / f"{log_name}.log", "w")  # noqa: SIM115 - closed by collect_worker
     full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}
+    cpu0 = process_cpu()
     proc = subprocess.Popen(
-        worker_command(spec), cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, env=full_env
+        worker_command(spec, module), cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, env=full_env
     )
+    proc.bench_cpu0 = cpu0  # type: ignore[attr-defined]
     proc.log_path = logs / f"{log_name}.log"  # type: ignore[attr-defined]
     proc.log_file = log_file  # type: ignore[attr-defined]
     return proc
@@ -193,18 +219,27 @@ def collect_worker(proc: subprocess.Popen, timeout: float) -> dict[str, Any]:
         raise WorkerError(f"worker timed out after {timeout:.0f} s; see {proc.log_path}") from None  # type: ignore[attr-defined]
     finally:
         proc.log_file.close()  # type: ignore[attr-defined]
+    fake_cpu = process_cpu() - proc.bench_cpu0  # type: ignore[attr-defined]
     text = Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
     lines = [line for line in text.splitlines() if line.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
         tail = "\n".join(text.splitlines()[-15:])
         raise WorkerError(f"worker exited {proc.returncode}; see {proc.log_path}:\n{tail}")  # type: ignore[attr-defined]
-    return json.loads(lines[-1][len(RESULT_PREFIX) :])
+    result: dict[str, Any] = json.loads(lines[-1][len(RESULT_PREFIX) :])
+    # The bench process's CPU while this worker lived (FakeDify's; workers running at the same
+    # time share it), over the worker's measured wall time.
+    result["fake_cpu"] = fake_cpu_view(fake_cpu, result.get("wall_seconds"), None)
+    return result
 
 
 def run_worker(
-    spec: dict[str, Any], log_name: str, timeout: float, env: dict[str, str] | None = None
+    spec: dict[str, Any],
+    log_name: str,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    module: str = "bench.worker",
 ) -> dict[str, Any]:
-    return collect_worker(spawn_worker(spec, log_name, env), timeout)
+    return collect_worker(spawn_worker(spec, log_name, env, module), timeout)
 
 
 def rate(rows: int, seconds: float) -> float:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-SCENARIOS = ("bound", "cost", "memory", "baselines", "pool")
+SCENARIOS = ("server", "peers", "bound", "cost", "memory", "baselines", "pool")
+#: Issue 17's side-by-side scenarios (scenario "peers"): latency s, concurrency, RPM (0 = none).
+PEER_SCENARIOS = {
+    "a": (0.05, 16, 0),
+    "b": (0.0, 16, 0),
+    "c": (2.0, 1024, 0),
+    "d": (0.05, 16, 6000),
+}
+PEERS = ("cookbook", "tuned", "project")
 
 
 @dataclass(frozen=True)
@@ -14,6 +22,16 @@ class BenchConfig:
     the measured 700-1,500 rows/s on 2 cores, 1,000,000 rows take 15-25 min, over the 10 min budget)."""
 
     scenarios: tuple[str, ...] = SCENARIOS
+    # 0. FakeDify's own rate: blocking chat calls at latency 0, server pinned to one core
+    server_kinds: tuple[str, ...] = ("threaded", "asyncio")
+    server_seconds: float = 5.0
+    server_requests: int = 60_000
+    server_connections: int = 16
+    server_repeats: int = 3
+    # peers: the cookbook-style and tuned asyncio peers and the project, interleaved, per scenario
+    peer_scenarios: tuple[str, ...] = tuple(PEER_SCENARIOS)
+    peer_rows: tuple[tuple[str, int], ...] = (("a", 2000), ("b", 5000), ("c", 4096), ("d", 6600))
+    peer_repeats: tuple[tuple[str, int], ...] = (("a", 2), ("b", 2), ("c", 2), ("d", 1))
     # 1. bound ratio
     bound_rows: int = 2000
     bound_latency: float = 0.05
@@ -52,6 +70,11 @@ class BenchConfig:
     def smoke(cls, **overrides: object) -> BenchConfig:
         """Seconds-sized runs of every scenario: the shape of the results, not the numbers."""
         small = cls(
+            server_seconds=0.5,
+            server_requests=300,
+            server_repeats=1,
+            peer_rows=(("a", 30), ("b", 60), ("c", 64), ("d", 40)),
+            peer_repeats=(("a", 1), ("b", 1), ("c", 1), ("d", 1)),
             bound_rows=40,
             cost_rows=200,
             profile_rows=200,

@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, machine_info, work_dir
-from bench.config import SCENARIOS, BenchConfig
+from bench.config import PEER_SCENARIOS, SCENARIOS, BenchConfig
 from bench.scenario_baselines import baselines
+from bench.scenario_peers import peers
+from bench.scenario_server import server_rate
 from bench.scenarios import bound_ratio, client_cost, memory, shared_pool
 
 RUNNERS: dict[str, Callable[[BenchConfig], dict[str, Any]]] = {
+    "server": server_rate,
+    "peers": peers,
     "bound": bound_ratio,
     "cost": client_cost,
     "memory": memory,
@@ -74,6 +78,29 @@ def targets(results: dict[str, Any], cfg: BenchConfig) -> list[dict[str, Any]]:
     """One line per target: value, target, met (None when the value is missing)."""
     rows: list[tuple[str, str, Any, str, Callable[[Any], bool]]] = []
     r = results
+    if "server" in r:
+        for kind in cfg.server_kinds:
+            check = (lambda x: x >= 3000) if kind == "asyncio" else (lambda x: True)
+            rows.append(
+                (
+                    "0 server",
+                    f"FakeDify {kind}: req/s per server CPU s",
+                    _get(r, "server", kind, "requests_per_server_cpu_second", "median"),
+                    ">= 3000" if kind == "asyncio" else "-",
+                    check,
+                )
+            )
+            rows.append(
+                (
+                    "0 server",
+                    f"FakeDify {kind}: req/s (1 core)",
+                    _get(r, "server", kind, "requests_per_second", "median"),
+                    "-",
+                    lambda x: True,
+                )
+            )
+    if "peers" in r:
+        rows += _peer_targets(r["peers"], cfg)
     if "bound" in r:
         for v in ("limited", "unlimited"):
             rows.append(
@@ -189,9 +216,137 @@ def targets(results: dict[str, Any], cfg: BenchConfig) -> list[dict[str, Any]]:
             )
     out = []
     for scenario, metric, value, target, check in rows:
-        met = None if value is None else bool(check(value)) if target != "-" else None
+        met = (
+            None if value is None or isinstance(value, str) else bool(check(value)) if target != "-" else None
+        )
         out.append({"scenario": scenario, "metric": metric, "value": value, "target": target, "met": met})
     return out
+
+
+def _peer_targets(
+    p: dict[str, Any], cfg: BenchConfig
+) -> list[tuple[str, str, Any, str, Callable[[Any], bool]]]:
+    """Issue 17's done-when lines, and the peers' own numbers beside them (info)."""
+    rows: list[tuple[str, str, Any, str, Callable[[Any], bool]]] = []
+    info = lambda x: True  # noqa: E731 - a row without a target
+
+    def s(sc: str, client: str, key: str) -> Any:
+        return _get(p, sc, "summary", client, key)
+
+    def q(sc: str, key: str) -> Any:
+        return _get(p, sc, "ratios", key)
+
+    if "a" in p:
+        rows.append(
+            (
+                "a 50ms/16",
+                "project achieved/bound",
+                s("a", "project", "bound_ratio"),
+                ">= 0.97",
+                lambda x: x >= 0.97,
+            )
+        )
+        rows.append(
+            (
+                "a 50ms/16",
+                "project / cookbook rows/s",
+                q("a", "project_vs_cookbook_rows_per_second"),
+                ">= 1",
+                lambda x: x >= 1,
+            )
+        )
+        for peer in ("cookbook", "tuned"):
+            rows.append(("a 50ms/16", f"{peer} achieved/bound", s("a", peer, "bound_ratio"), "-", info))
+    if "b" in p:
+        rows.append(
+            (
+                "b 0ms/16",
+                "project / tuned CPU per row",
+                q("b", "project_vs_tuned_cpu_per_row"),
+                "<= 0.8",
+                lambda x: x <= 0.8,
+            )
+        )
+        for client in ("project", "tuned", "cookbook"):
+            rows.append(("b 0ms/16", f"{client} CPU us/row", s("b", client, "cpu_us_per_row"), "-", info))
+    if "c" in p:
+        rows.append(
+            (
+                "c 2s/1024",
+                "project achieved/bound",
+                s("c", "project", "bound_ratio"),
+                ">= 0.95",
+                lambda x: x >= 0.95,
+            )
+        )
+        rows.append(
+            (
+                "c 2s/1024",
+                "project / tuned peak RSS",
+                q("c", "project_vs_tuned_peak_rss"),
+                "<= 1.1",
+                lambda x: x <= 1.1,
+            )
+        )
+        rows.append(("c 2s/1024", "project threads (peak)", s("c", "project", "threads_peak"), "-", info))
+        for peer in ("tuned", "cookbook"):
+            rows.append(("c 2s/1024", f"{peer} achieved/bound", s("c", peer, "bound_ratio"), "-", info))
+            rows.append(
+                (
+                    "c 2s/1024",
+                    f"{peer} peak RSS MB / threads",
+                    f"{s('c', peer, 'peak_rss_mb')} / {s('c', peer, 'threads_peak')}",
+                    "-",
+                    info,
+                )
+            )
+    if "d" in p:
+        per_second = PEER_SCENARIOS["d"][2] / 60
+        rows.append(
+            (
+                "d RPM 6000",
+                "project worst 1 s window",
+                s("d", "project", "server_worst_1s"),
+                f"<= {per_second + 1:g}",
+                lambda x: x <= per_second + 1,
+            )
+        )
+        rows.append(
+            (
+                "d RPM 6000",
+                "project 60 s windows over RPM",
+                s("d", "project", "windows_over_60s"),
+                "0",
+                lambda x: x == 0,
+            )
+        )
+        rows.append(
+            (
+                "d RPM 6000",
+                "project / tuned CPU per row",
+                q("d", "project_vs_tuned_cpu_per_row"),
+                "<= 1",
+                lambda x: x <= 1,
+            )
+        )
+        for peer in ("tuned", "cookbook"):
+            rows.append(
+                (
+                    "d RPM 6000",
+                    f"{peer} worst 1 s / 60 s windows over",
+                    f"{s('d', peer, 'server_worst_1s')} / {s('d', peer, 'windows_over_60s')}",
+                    "-",
+                    info,
+                )
+            )
+    for sc in cfg.peer_scenarios:
+        share = max(
+            (s(sc, c, "fake_share_of_one_core") or 0.0 for c in ("project", "tuned", "cookbook")), default=0.0
+        )
+        rows.append(
+            (f"{sc} (fake)", "FakeDify CPU share of one core (max)", share, "< 0.8", lambda x: x < 0.8)
+        )
+    return rows
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -204,6 +359,8 @@ def format_table(report: dict[str, Any]) -> str:
             if value is None
             else f"{value:,.3f}".rstrip("0").rstrip(".")
             if isinstance(value, float)
+            else value
+            if isinstance(value, str)
             else f"{value:,}"
         )
         status = {True: "ok", False: "MISS", None: ""}[t["met"]]
@@ -233,13 +390,18 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def parse_args(argv: list[str] | None) -> tuple[BenchConfig, Path]:
     p = argparse.ArgumentParser(prog="python -m bench", description="airflow-provider-dify benchmarks")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes (seconds): checks the bench runs")
+    p.add_argument(
+        "--smoke", "--quick", action="store_true", help="tiny sizes (seconds): checks the bench runs"
+    )
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {', '.join(SCENARIOS)}")
     p.add_argument("--memory-rows", type=_ints, help="table sizes for scenario 3, e.g. 100000,1000000")
     p.add_argument("--bound-rows", type=int)
     p.add_argument("--cost-rows", type=int)
     p.add_argument("--baseline-rows", type=int)
     p.add_argument("--pool-rows", type=int)
+    p.add_argument("--peer-scenarios", help="comma list of a, b, c, d (scenario peers)")
+    p.add_argument("--peer-repeats", type=int, help="repetitions of every peer scenario")
+    p.add_argument("--server-repeats", type=int, help="repetitions of each FakeDify server's rate run")
     p.add_argument("--pool-backends", help="comma list of sqlite, redis")
     p.add_argument("--redis-url")
     p.add_argument("--no-profile", action="store_true", help="skip the cProfile/breakdown of scenario 2")
@@ -268,6 +430,15 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, Path]:
     if a.airflow_home is not None:
         changes["airflow_home"] = a.airflow_home
     changes["airflow_migrate"] = not a.no_migrate
+    if a.peer_scenarios:
+        chosen = tuple(x.strip() for x in a.peer_scenarios.split(",") if x.strip())
+        if set(chosen) - set(PEER_SCENARIOS):
+            p.error(f"unknown peer scenario(s) in {a.peer_scenarios!r}; choose from a, b, c, d")
+        changes["peer_scenarios"] = chosen
+    if a.peer_repeats is not None:
+        changes["peer_repeats"] = tuple((name, a.peer_repeats) for name in PEER_SCENARIOS)
+    if a.server_repeats is not None:
+        changes["server_repeats"] = a.server_repeats
     if a.pool_backends:
         changes["pool_backends"] = tuple(b.strip() for b in a.pool_backends.split(",") if b.strip())
     if a.memory_rows is not None and len(a.memory_rows) < 2:

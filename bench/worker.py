@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from bench.baselines.peer_report import peak_rss_mb, threads_now
 from bench.common import RESULT_PREFIX
 
 
@@ -23,7 +24,7 @@ def _cpu() -> float:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    return peak_rss_mb()  # VmHWM: ru_maxrss would carry the bench process's peak over exec
 
 
 class RssSampler:
@@ -31,9 +32,12 @@ class RssSampler:
     most ``keep`` samples (halved when full). VmHWM is the peak so far: the first sample where it
     jumps places a short spike in time even when no VmRSS sample caught it."""
 
+    THREADS_EVERY = 0.25  # seconds between thread counts (cheap: one /proc read)
+
     def __init__(self, interval: float = 5.0, keep: int = 120) -> None:
         self.interval, self.keep = interval, keep
         self.samples: list[tuple[float, float, float]] = []
+        self.threads_peak = threads_now()
         self._stop = threading.Event()
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
@@ -49,11 +53,17 @@ class RssSampler:
             return 0.0, 0.0
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.samples.append((round(time.monotonic() - self._t0, 1), *self.memory_mb()))
+        due = self._t0 + self.interval
+        while not self._stop.wait(min(self.THREADS_EVERY, self.interval)):
+            self.threads_peak = max(self.threads_peak, threads_now())
+            now = time.monotonic()
+            if now < due:
+                continue
+            self.samples.append((round(now - self._t0, 1), *self.memory_mb()))
             if len(self.samples) >= self.keep:
                 self.samples = self.samples[::2]
                 self.interval *= 2
+            due = now + self.interval
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -130,6 +140,7 @@ def run_batch(spec: dict[str, Any]) -> dict[str, Any]:
         "cpu_us_per_row": round(cpu / processed * 1e6, 1) if processed else None,
         "rows_per_second": round(processed / elapsed, 2) if elapsed > 0 else None,
         "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "threads_peak": rss.threads_peak,
         "rss_samples_s_rss_hwm_mb": rss.samples,
         "started_wall": wall0,
         "ended_wall": time.time(),

@@ -79,3 +79,37 @@ def test_baselines_seed_task_per_row_operator(tmp_path: Path, airflow_home: Path
     assert b["task_per_row"]["task_instances"] == b["rows"] + 1
     assert b["operator"]["summary"]["succeeded"] == b["rows"]
     assert all(positive(v) for v in b["ratios"].values())
+
+
+def test_server_rate_and_peers(tmp_path: Path) -> None:
+    """FakeDify's own rate (both servers) and issue 17's a/b/c/d with the cookbook-style peer, the
+    tuned peer and the project, at tiny sizes: every run answers every row and reports its CPU,
+    memory, threads and the server's windows; no timing is asserted."""
+    report = run_bench(tmp_path, "--scenarios", "server,peers")
+    server = report["scenarios"]["server"]
+    for kind in ("threaded", "asyncio"):
+        assert server[kind]["errors"] == 0
+        for key in ("requests_per_second", "requests_per_server_cpu_second", "server_cpu_us_per_request"):
+            assert positive(server[kind][key]["median"]), (kind, key)
+        assert all(run["ok"] == run["requests"] > 0 for run in server["runs"][kind])
+    peers = report["scenarios"]["peers"]
+    assert peers["clients"] == ["cookbook", "tuned", "project"]
+    for name in ("a", "b", "c", "d"):
+        sc = peers[name]
+        assert (sc["bound_rows_per_second"] is None) == (name == "b")
+        for client in peers["clients"]:
+            [run] = sc["runs"][client]
+            assert run["succeeded"] == sc["rows"] == run["server"]["admitted"], (name, client)
+            for key in ("rows_per_second", "cpu_us_per_row", "peak_rss_mb", "threads_peak"):
+                assert positive(run[key]), (name, client, key)
+            assert positive(run["fake_cpu"]["cpu_seconds"]) and "share_of_one_core" in run["fake_cpu"]
+            assert sum(run["server"]["arrivals_per_second"]) == sc["rows"]
+            assert sc["summary"][client]["all_rows_answered"]
+            if client != "project":
+                assert sum(run["client_launches_per_second"]) == run["client"]["launches"] == sc["rows"]
+        assert all(positive(v) for v in sc["ratios"].values()), sc["ratios"]
+    assert peers["d"]["summary"]["tuned"]["windows_over_60s"] == 0  # tiny runs stay under the budget
+    assert peers["c"]["runs"]["cookbook"][0]["client"]["event_loop"] == "asyncio"
+    assert peers["c"]["runs"]["tuned"][0]["client"]["event_loop"] == "uvloop"
+    metrics = {t["metric"] for t in report["targets"]}
+    assert {"project / tuned CPU per row", "FakeDify asyncio: req/s per server CPU s"} <= metrics
