@@ -11,6 +11,7 @@ from airflow.sdk import BaseHook
 from airflow_dify.batch.options import DEFAULT_MAX_CONCURRENCY, BatchOptions
 from airflow_dify.client import DifyClient
 from airflow_dify.hooks.dify import DifyHook
+from airflow_dify.sql.dialects import dialect_for
 
 
 @contextmanager
@@ -39,6 +40,11 @@ def batch_client(hook: DifyHook, options: BatchOptions) -> Iterator[tuple[DifyCl
     finally:
         hook.close()
         pool.close()
+
+
+def hook_dialect(hook: Any) -> str:
+    """The SQL dialect (``sqlite``, ``postgres``, ``mysql``, ``generic``) of a common-sql hook."""
+    return dialect_for(getattr(hook, "conn_type", None))
 
 
 def sql_hook_for(sql_conn_id: str) -> Any:

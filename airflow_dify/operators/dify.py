@@ -16,12 +16,11 @@ from airflow_dify.batch.run import run_batch
 from airflow_dify.batch.summary import BatchSummary
 from airflow_dify.batch.trace import task_prefix
 from airflow_dify.hooks.dify import DifyHook
-from airflow_dify.operators.connect import batch_client
+from airflow_dify.operators.connect import batch_client, hook_dialect, sql_hook_for
 from airflow_dify.operators.errors import DifyBatchFailedError, DifyBatchKilledError, raise_for_summary
 from airflow_dify.operators.files import open_object_storage
 from airflow_dify.operators.lineage import default_outlets, operator_lineage, table_ref
 from airflow_dify.sql.claims import ClaimOwner
-from airflow_dify.sql.dialects import dialect_for
 from airflow_dify.sql.ledger import DEFAULT_LEDGER_TABLE, LedgerContext
 from airflow_dify.sql.table import SqlTable
 
@@ -217,10 +216,7 @@ class DifyBatchOperator(BaseOperator):
 
     @cached_property
     def sql_hook(self) -> Any:
-        hook = BaseHook.get_connection(self.sql_conn_id).get_hook()
-        if not hasattr(hook, "get_conn") or not hasattr(hook, "get_records"):
-            raise TypeError(f"sql_conn_id {self.sql_conn_id!r} is not a SQL (DbApiHook) connection")
-        return hook
+        return sql_hook_for(self.sql_conn_id)
 
     def _options(self, context: Context | None) -> BatchOptions:
         """The run's options from the (rendered) arguments; before rendering, templated ones wait."""
@@ -237,7 +233,7 @@ class DifyBatchOperator(BaseOperator):
         return BatchOptions(**values)
 
     def _table(self, context: Context) -> SqlTable:
-        dialect = dialect_for(getattr(self.sql_hook, "conn_type", None))
+        dialect = hook_dialect(self.sql_hook)
         ti = context["ti"]
         # Claims are owned by this task instance: its next try takes over what a crashed try held.
         map_index = ti.map_index if ti.map_index is not None else -1

@@ -9,11 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_dify.batch.estimate import DEFAULT_RESAMPLES
 from airflow_dify.batch.pilot import DEFAULT_SAMPLE_ROWS, check_pilot, run_pilot
-from airflow_dify.operators.connect import batch_client
+from airflow_dify.operators.connect import batch_client, hook_dialect
 from airflow_dify.operators.dify import DifyBatchOperator
 from airflow_dify.operators.errors import raise_for_summary
 from airflow_dify.sql.connection import SqlConnection
-from airflow_dify.sql.dialects import dialect_for
 from airflow_dify.sql.estimates import DEFAULT_ESTIMATES_TABLE, EstimateStore
 from airflow_dify.sql.table import SqlTable
 
@@ -80,7 +79,7 @@ class DifyEstimateOperator(DifyBatchOperator):
         return SqlTable(
             self.sql_hook.get_conn,
             self.table,
-            dialect=dialect_for(getattr(self.sql_hook, "conn_type", None)),
+            dialect=hook_dialect(self.sql_hook),
             id_column=self.id_column,
             columns=self._options(None).result_columns,
             results_table=self.results_table,
@@ -126,7 +125,7 @@ class DifyEstimateOperator(DifyBatchOperator):
         """Keep the projection next to the ledger; a failure here must not lose the estimate."""
         ti = context["ti"]
         who = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "source_table": self.table}
-        db = SqlConnection(self.sql_hook.get_conn, dialect_for(getattr(self.sql_hook, "conn_type", None)))
+        db = SqlConnection(self.sql_hook.get_conn, hook_dialect(self.sql_hook))
         try:
             EstimateStore(db, self.estimates_table or DEFAULT_ESTIMATES_TABLE).record(who, result)
         except Exception as exc:  # noqa: BLE001 - the XCom still holds it

@@ -11,9 +11,8 @@ from airflow.sdk import BaseOperator
 from airflow_dify.batch.errors import FeedbackStoppedError
 from airflow_dify.batch.feedback import FeedbackSummary, send_feedback
 from airflow_dify.hooks.dify import DifyHook
-from airflow_dify.operators.connect import sql_hook_for
+from airflow_dify.operators.connect import hook_dialect, sql_hook_for
 from airflow_dify.outcome import ResultColumns
-from airflow_dify.sql.dialects import dialect_for
 from airflow_dify.sql.reviews import ReviewColumns, ReviewTable
 
 if TYPE_CHECKING:
@@ -120,7 +119,7 @@ class DifyFeedbackOperator(BaseOperator):
         return ReviewTable(
             self.sql_hook.get_conn,
             self.table,
-            dialect=dialect_for(getattr(self.sql_hook, "conn_type", None)),
+            dialect=hook_dialect(self.sql_hook),
             id_column=self.id_column,
             results_table=self.results_table,
             result_columns=self.result_columns,
