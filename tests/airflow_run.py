@@ -117,18 +117,28 @@ def run_dag_processes(
         env = {**os.environ, "AIRFLOW_HOME": str(home)}
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{home / 'airflow.db'}"
         cmd = [sys.executable, "-m", "airflow", "dags", "test", dag_id, f"2026-01-{i + 1:02d}T00:00:00+00:00"]
-        procs.append(
-            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        )
+        procs.append(popen_logged(cmd, home / "run.log", env=env))
     results = []
     for proc, home in zip(procs, homes, strict=True):
         try:
-            out, _ = proc.communicate(timeout=timeout)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, _ = proc.communicate()
+            proc.wait()
+        out = (home / "run.log").read_text(errors="replace")
         results.append((proc.returncode, out[-4000:], _summary_in(home / "airflow.db", dag_id)))
     return results
+
+
+def popen_logged(cmd: list[str], log: Path, **popen_kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` with stdout and stderr going to ``log``, not to a pipe.
+
+    A pipe nobody reads while the child runs blocks the child once ~64 KiB of output is queued:
+    with enough DAG files in the shared folder, the parse warnings alone filled it, so the
+    second of two "concurrent" runs stalled until the first had finished (a CI-only failure).
+    """
+    with open(log, "wb") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **popen_kwargs)
 
 
 def _summary_in(db: Path, dag_id: str) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ FakeDify, on SQLite, PostgreSQL and MySQL/MariaDB unless the case only exists on
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from decimal import Decimal
@@ -39,12 +40,15 @@ def test_two_runs_started_together_bill_each_row_once(
     table = unique_table()
     sql_db.create_prompts(table, [(i, f"question {i}") for i in range(1, 201)])
 
-    # Each run alone would take ~6 s. Until the second process has made its pre-flight GET /info
-    # (process start-up can differ by more than that on a loaded machine), calls are held 2 s,
-    # so the two runs overlap for sure; bounded: without a second run the batch still ends.
+    # Each run alone would take ~6 s, and process start-up can differ by more than that. For the
+    # first 30 s after the first call, calls take 2 s (4 in flight: at most 60 rows done by then),
+    # so the second run starts while the first still has rows left; bounded, it ends by itself.
+    first_call: list[float] = []
+
     def latency(_body: Any) -> float:
-        started = sum(1 for r in fake_dify.requests if r.path == "/info")
-        return 0.12 if started >= 2 else 2.0
+        now = time.monotonic()
+        first_call[:] = first_call or [now]
+        return 2.0 if now - first_call[0] < 30 else 0.12
 
     fake_dify.latency = latency
     try:

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from contextlib import closing
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from airflow_dify.testing import FakeDify
-from tests.airflow_run import run_batch_dag, write_dag
+from tests.airflow_run import popen_logged, run_batch_dag, write_dag
 from tests.sql_fixtures import SqlDb, unique_table
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +56,7 @@ def generation_calls(fake: FakeDify) -> int:
 
 @pytest.mark.usefixtures("airflow_db")
 def test_sigterm_mid_run_saves_finished_calls_and_leaves_the_rest_pending(
-    sqlite_db: SqlDb, fake_dify: FakeDify, monkeypatch: pytest.MonkeyPatch
+    sqlite_db: SqlDb, fake_dify: FakeDify, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     fake_dify.latency = LATENCY
     dify = {"conn_type": "dify", "host": fake_dify.url, "password": fake_dify.app("chat").key}
@@ -72,13 +71,9 @@ def test_sigterm_mid_run_saves_finished_calls_and_leaves_the_rest_pending(
         "chunk_size": 10,
     }
     dag_path = write_dag(f"kill_{table}", kwargs)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", RUNNER.format(dag_path=str(dag_path))],
-        cwd=REPO,
-        env=dict(os.environ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    log = tmp_path / "run.log"
+    proc = popen_logged(
+        [sys.executable, "-c", RUNNER.format(dag_path=str(dag_path))], log, cwd=REPO, env=dict(os.environ)
     )
     try:
         deadline = time.monotonic() + 120
@@ -87,13 +82,14 @@ def test_sigterm_mid_run_saves_finished_calls_and_leaves_the_rest_pending(
             assert time.monotonic() < deadline, "no rows saved in time"
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate(timeout=30)
+            proc.wait(timeout=30)
+    out = log.read_text(errors="replace")
     lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
-    assert lines, out[-3000:] + err[-3000:]
+    assert lines, out[-6000:]
     result = json.loads(lines[-1][len("RESULT ") :])
 
     # The task fails (so a retry resumes) after saving what finished.
