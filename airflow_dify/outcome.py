@@ -21,6 +21,21 @@ REDO_MODES = ("pending", "failed", "all", "changed")
 STATUS_KEY = "__status__"
 #: Key under which sources put each row's stored input_hash (``redo="changed"``).
 HASH_KEY = "__input_hash__"
+#: Key under which a source marks a row that a crashed try had claimed and never wrote back.
+TAKEN_OVER_KEY = "__taken_over__"
+
+
+@dataclass(frozen=True)
+class TakenOver:
+    """A row a crashed try held: it may have asked Dify and been billed, the answer unseen.
+
+    :param try_number: the dead try's number (its calls' trace ids name it), when known.
+    :param known_messages: message ids the usage ledger already holds for the row, so an older
+        answer is never mistaken for the lost call's.
+    """
+
+    try_number: int | None
+    known_messages: frozenset[str]
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,12 @@ from airflow_dify.batch.breaker import SYSTEMIC, classify, rejects_pinned_versio
 from airflow_dify.batch.errors import RowError
 from airflow_dify.batch.file_inputs import FileInputs
 from airflow_dify.batch.outputs import OutputSpec
-from airflow_dify.batch.recovery import SupportsLookup, recover_chat, row_user
+from airflow_dify.batch.recovery import SupportsLookup, recover_chat, recover_lost, row_user
 from airflow_dify.batch.rows import PromptBuilder, failed_outcome
-from airflow_dify.batch.trace import row_trace_id, script_prefix
+from airflow_dify.batch.trace import for_try, row_trace_id, script_prefix
 from airflow_dify.client.errors import DifyError
 from airflow_dify.client.models import MODE_FAMILY, DifyResult
-from airflow_dify.outcome import FAILED, STATUS_KEY, SUCCEEDED, RowOutcome
+from airflow_dify.outcome import FAILED, STATUS_KEY, SUCCEEDED, TAKEN_OVER_KEY, RowOutcome, TakenOver
 
 MAX_ERROR_CHARS = 1000
 
@@ -150,6 +150,12 @@ def make_row_caller(
             return failed_outcome(row_id, exc.code, str(exc))
         trace_id = row_trace_id(prefix, row_id)
         sender = row_user(user, row_id) if user_per_row else user
+        taken = row.get(TAKEN_OVER_KEY)
+        if recovers and isinstance(taken, TakenOver):
+            found = recover_lost(cast(SupportsLookup, client), sender, taken, family=family)
+            if found is not None:  # stored with the id its call carried, so its trace still finds it
+                lost_trace = row_trace_id(for_try(prefix, taken.try_number), row_id)
+                return finish(row_id, found, prompt.input_hash, lost_trace)
         if files is not None:
             try:
                 prompt = replace(prompt, inputs=files.attach(prompt, user=sender))

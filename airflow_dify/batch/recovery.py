@@ -6,18 +6,22 @@ conversation is the call's: ``GET /conversations?user=<row user>&limit=1`` then 
 give its answer, usage and exact price, which are stored as if the response had arrived. Only when
 Dify has no record of the call (no conversation since the call started, or no finished answer after
 a few bounded looks) does the row fail as "maybe billed", and it is not re-sent.
+
+The same look-up finds the calls of a try that crashed (SIGKILL, OOM) while it held the row: the new
+try stores the answer the dead one paid for instead of asking again (see :func:`recover_lost`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 from airflow_dify.batch.trace import row_key
 from airflow_dify.client.errors import DifyError
 from airflow_dify.client.models import DifyResult, Usage
+from airflow_dify.outcome import TakenOver
 
 log = logging.getLogger("airflow_dify.batch")
 #: Dify's clock may be a little behind ours: a conversation this much older still counts as the call's.
@@ -42,10 +46,15 @@ def recover_chat(
     started: float,
     *,
     family: str,
+    known: Collection[str] = (),
     interval: float = 2.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> DifyResult | None:
-    """The answer of the chat call ``user`` sent at epoch ``started``, or None when Dify has none."""
+    """The answer of the chat call ``user`` sent at epoch ``started``, or None when Dify has none.
+
+    ``known``: message ids already accounted for (on the ledger); the newest message being one of
+    them means the call being looked for never reached Dify.
+    """
     for look in range(LOOKS):
         if look:
             sleep(interval)
@@ -59,6 +68,8 @@ def recover_chat(
             log.warning("looking up the answer of a timed-out call of %s failed: %s", user, err)
             return None
         message = messages[-1] if messages else None
+        if message is not None and str(message.get("id")) in known:
+            return None
         if message is not None and message.get("status") == "error":
             return None
         if message is not None and message.get("answer"):
@@ -87,4 +98,16 @@ def _result(message: dict[str, Any], conversation_id: str, family: str) -> DifyR
     )
 
 
-__all__ = ["CLOCK_SKEW_SECONDS", "recover_chat", "row_user"]
+def recover_lost(client: SupportsLookup, user: str, taken: TakenOver, *, family: str) -> DifyResult | None:
+    """The answer of the call a crashed try made for this row, or None when it made none."""
+    found = recover_chat(client, user, 0.0, family=family, known=taken.known_messages)
+    if found is not None:
+        log.info(
+            "%s: the crashed try %s's answer was found in Dify; stored, not asked again",
+            user,
+            taken.try_number,
+        )
+    return found
+
+
+__all__ = ["CLOCK_SKEW_SECONDS", "recover_chat", "recover_lost", "row_user"]

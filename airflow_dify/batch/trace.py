@@ -16,6 +16,7 @@ from typing import Any
 
 _ALLOWED = re.compile(r"[^A-Za-z0-9_-]")
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+_TRY_SUFFIX = re.compile(r"-t\d+$")
 MAX_PREFIX = 80
 
 
@@ -41,6 +42,13 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
+def for_try(prefix: str, try_number: int | None) -> str:
+    """``prefix`` as the task try ``try_number`` had it (a crashed try's calls carried that id)."""
+    if try_number is None or not _TRY_SUFFIX.search(prefix):
+        return prefix
+    return _TRY_SUFFIX.sub(f"-t{int(try_number)}", prefix)
+
+
 def row_key(row_id: Any) -> str:
     """The row id when it is short and plain, else ``h`` + 16 hex digits of its hash."""
     key = str(row_id)
@@ -53,4 +61,4 @@ def row_trace_id(prefix: str, row_id: Any) -> str:
     return f"{prefix}-{row_key(row_id)}"
 
 
-__all__ = ["check_prefix", "row_key", "row_trace_id", "script_prefix", "task_prefix"]
+__all__ = ["check_prefix", "for_try", "row_key", "row_trace_id", "script_prefix", "task_prefix"]

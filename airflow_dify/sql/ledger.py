@@ -25,7 +25,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from airflow_dify.outcome import RowOutcome
+from airflow_dify.outcome import RowOutcome, TakenOver
+from airflow_dify.sql.claims import batches
 from airflow_dify.sql.connection import SqlConnection, error_brief
 from airflow_dify.sql.errors import SqlTableError
 from airflow_dify.sql.params import Params
@@ -205,6 +206,30 @@ class Ledger:
         if rows:
             cur.executemany(self._insert(), rows)
         return len(rows)
+
+    def take_over(self, cur: Any, taken_over: Sequence[tuple[Any, Any]]) -> dict[str, TakenOver]:
+        """Record the rows taken from a crashed try (:meth:`add_lost`) and say what is known of each.
+
+        Returns row key (``str(row id)``) -> :class:`TakenOver`, so the new try can look a row's
+        lost call up in Dify (``user_per_row``) and tell it from answers already on the ledger.
+        """
+        self.add_lost(cur, taken_over)
+        known: dict[str, set[str]] = {str(row_id): set() for row_id, _ in taken_over}
+        if self.context.source_table is not None:
+            for chunk in batches(list(known)):
+                params = Params(self.db.dialect, None)
+                table = params.add(self.context.source_table)
+                cur.execute(
+                    f"SELECT row_id, message_id, workflow_run_id FROM {self.q_table} "
+                    f"WHERE source_table = {table} AND row_id IN ({params.many(chunk)})",
+                    params.values,
+                )
+                for row_id, message_id, run_id in cur.fetchall():
+                    known[str(row_id)].update(str(v) for v in (message_id, run_id) if v is not None)
+        return {
+            str(row_id): TakenOver(_try_of(token), frozenset(known[str(row_id)]))
+            for row_id, token in taken_over
+        }
 
 
 def _try_of(token: Any) -> int | None:

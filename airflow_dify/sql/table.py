@@ -36,7 +36,15 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from airflow_dify.outcome import HASH_KEY, REDO_MODES, STATUS_KEY, ResultColumns, RowOutcome
+from airflow_dify.outcome import (
+    HASH_KEY,
+    REDO_MODES,
+    STATUS_KEY,
+    TAKEN_OVER_KEY,
+    ResultColumns,
+    RowOutcome,
+    TakenOver,
+)
 from airflow_dify.sql.claiming import Claimer
 from airflow_dify.sql.claims import DEFAULT_LEASE_SECONDS, ClaimOwner, HeldClaims
 from airflow_dify.sql.connection import SqlConnection
@@ -409,13 +417,18 @@ class SqlTable:
             page = self._unchanged_dropped([dict(zip(keys, r[:-2], strict=True)) for r in takeable], redo)
             ids = [row[self.id_column] for row in page]
             got = self._claimer.claim(cur, ids, redo, status, now) if ids else set()
+            taken: dict[str, TakenOver] = {}
             if self._ledger is not None and got:
                 # Rows another try held and never wrote: it may have called them (same transaction).
                 mine = self.owner.token
                 lost = [(r[0], r[-2]) for r in takeable if r[-2] not in (None, mine) and r[0] in got]
-                self._ledger.add_lost(cur, lost)
+                taken = self._ledger.take_over(cur, lost) if lost else {}
         self.skipped_claimed += len(page) - len(got)
         claimed = [row for row in page if row[self.id_column] in got]
+        for row in claimed:
+            mark = taken.get(str(row[self.id_column]))
+            if mark is not None:
+                row[TAKEN_OVER_KEY] = mark
         self._held.took(row[self.id_column] for row in claimed)
         full = len(fetched) >= chunk_size
         return claimed, fetched[-1][0], full
