@@ -28,8 +28,7 @@ from airflow_dify.report.usage import NO_CURRENCY, DailyUsage, day_start, utc_da
 from airflow_dify.sql.connection import SqlConnection
 from airflow_dify.sql.dialects import quote_identifier
 from airflow_dify.sql.estimates import DEFAULT_ESTIMATES_TABLE, EstimateStore
-from airflow_dify.sql.paging import keyset_pages
-from airflow_dify.sql.params import Params
+from airflow_dify.sql.paging import time_range_pages
 
 log = logging.getLogger("airflow_dify.report")
 
@@ -90,23 +89,17 @@ class CostReport:
         q_at = q_cols[0]
         groups: dict[tuple[dt.date, str], DailyUsage] = {}
 
-        def page_query(last: Any) -> tuple[str, Any]:
-            dialect = self.db.dialect
-            params = Params(dialect, None)
-            terms = [f"{q_at} IS NOT NULL"]
-            if since is not None:
-                terms.append(f"{q_at} >= {params.add(dialect.adapt('answered_at', day_start(since)))}")
-            if until is not None:
-                terms.append(f"{q_at} < {params.add(dialect.adapt('answered_at', day_start(until)))}")
-            if last is not None:
-                terms.append(f"{q_id} > {params.add(last)}")
-            sql = (
-                f"SELECT {q_id}, {', '.join(q_cols)} FROM {q_table} WHERE {' AND '.join(terms)} "
-                f"ORDER BY {q_id} LIMIT {params.add(_PAGE)}"
-            )
-            return sql, params.values
-
-        for rows in keyset_pages(self.db, _PAGE, page_query):
+        pages = time_range_pages(
+            self.db,
+            _PAGE,
+            q_table=q_table,
+            columns=[q_id, *q_cols],
+            q_at=q_at,
+            at_field="answered_at",
+            since=None if since is None else day_start(since),
+            until=None if until is None else day_start(until),
+        )
+        for rows in pages:
             for _id, at, status, prompt, completion, total, price, currency, latency in rows:
                 day = utc_date(at)
                 assert day is not None

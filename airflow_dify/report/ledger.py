@@ -20,8 +20,7 @@ from airflow_dify.report.usage import NO_CURRENCY, DailyUsage, day_start, utc_da
 from airflow_dify.sql.connection import SqlConnection
 from airflow_dify.sql.dialects import quote_identifier
 from airflow_dify.sql.estimates import StoredEstimate
-from airflow_dify.sql.paging import keyset_pages
-from airflow_dify.sql.params import Params
+from airflow_dify.sql.paging import time_range_pages
 
 _PAGE = 5000
 _READ = (
@@ -73,25 +72,18 @@ def read_entries(
     db: SqlConnection, ledger_table: str, *, since: dt.date | None = None, until: dt.date | None = None
 ) -> Iterator[Entry]:
     """Entries with ``since <= recorded day < until`` (UTC), keyset-paged: never all in memory."""
-    dialect = db.dialect
-    q_table = quote_identifier(ledger_table, "ledger_table", qualified=True, dialect=dialect.name)
-
-    def page_query(last: Any) -> tuple[str, Any]:
-        params = Params(dialect, None)
-        terms = ["1 = 1"]
-        if since is not None:
-            terms.append(f"recorded_at >= {params.add(dialect.adapt('recorded_at', day_start(since)))}")
-        if until is not None:
-            terms.append(f"recorded_at < {params.add(dialect.adapt('recorded_at', day_start(until)))}")
-        if last is not None:
-            terms.append(f"entry_id > {params.add(last)}")
-        sql = (
-            f"SELECT {', '.join(_READ)} FROM {q_table} WHERE {' AND '.join(terms)} "
-            f"ORDER BY entry_id LIMIT {params.add(_PAGE)}"
-        )
-        return sql, params.values
-
-    for rows in keyset_pages(db, _PAGE, page_query):
+    q_table = quote_identifier(ledger_table, "ledger_table", qualified=True, dialect=db.dialect.name)
+    pages = time_range_pages(
+        db,
+        _PAGE,
+        q_table=q_table,
+        columns=_READ,
+        q_at="recorded_at",
+        at_field="recorded_at",
+        since=None if since is None else day_start(since),
+        until=None if until is None else day_start(until),
+    )
+    for rows in pages:
         for row in rows:
             yield Entry(*row)
 
