@@ -104,6 +104,7 @@ def open_batch(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
         chunk_size=int(spec.get("chunk_size", 100)),
         shard=tuple(shard) if shard else None,
         progress_seconds=3600,
+        **{k: spec[k] for k in ("commit_rows", "commit_seconds") if k in spec},
     )
     return pool, client, table, options
 
@@ -135,6 +136,7 @@ def run_batch(spec: dict[str, Any]) -> dict[str, Any]:
         "succeeded": summary.succeeded,
         "failed": summary.failed,
         "error_codes": dict(summary.error_codes),
+        "commits": summary.commits,
         "wall_seconds": round(elapsed, 4),
         "cpu_seconds": round(cpu, 4),
         "cpu_us_per_row": round(cpu / processed * 1e6, 1) if processed else None,

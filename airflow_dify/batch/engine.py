@@ -1,9 +1,9 @@
 """Run calls concurrently with at most ``max_concurrency`` rows outstanding, results in completion order.
 
-A row is *outstanding* from the moment its call is submitted until the caller has committed its
-outcome and called :meth:`CallPool.release`. Capping outstanding rows (not just running calls) at
-``max_concurrency`` means a crash can never lose more than ``max_concurrency`` answered-but-unsaved
-rows, so a re-run repeats at most that many requests, and memory stays flat for any table size.
+A row is *outstanding* from the moment its call is submitted until the caller has taken its
+outcome and called :meth:`CallPool.release`. Capping outstanding rows (not just running calls)
+keeps memory flat for any table size; the caller's group commit (batch/commits.py) bounds what is
+answered but not yet saved, so a crash loses at most ``max_concurrency + commit_rows - 1`` rows.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class CallPool(Generic[T]):
         return outcomes
 
     def release(self, n: int) -> None:
-        """The caller saved ``n`` outcomes: their slots may take new rows."""
+        """The caller took ``n`` outcomes (saved, or waiting for their commit): their slots are free."""
         self.outstanding -= n
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from airflow_dify.batch.commits import DEFAULT_COMMIT_ROWS, DEFAULT_COMMIT_SECONDS
 from airflow_dify.batch.files import Opener, check_file_columns
 from airflow_dify.batch.outputs import OutputSpec
 from airflow_dify.batch.trace import check_prefix
@@ -76,6 +77,9 @@ class BatchOptions:
     :param outage_seconds: stop when no call has reached Dify for this long (rows stay pending).
     :param breaker_threshold: stop after this many errors every row would get (401/403: the first).
     :param progress_seconds: seconds between progress log lines.
+    :param commit_rows: answered rows written per transaction (at most; see batch/commits.py).
+    :param commit_seconds: an answer waits at most this long for its commit. A crash loses at most
+        ``max_concurrency + commit_rows - 1`` answered rows (the summary's ``crash_bound``).
     """
 
     app_mode: str | None = None
@@ -111,6 +115,8 @@ class BatchOptions:
     outage_seconds: float = 60.0
     breaker_threshold: int = 3
     progress_seconds: float = 5.0
+    commit_rows: int = DEFAULT_COMMIT_ROWS
+    commit_seconds: float = DEFAULT_COMMIT_SECONDS
 
     def __post_init__(self) -> None:
         # Coerce the friendly forms callers pass (a mapping of renames, a price as text).
@@ -136,6 +142,10 @@ class BatchOptions:
         if ratio is not None and not 0.0 <= ratio <= 1.0:
             raise ValueError(f"max_failed_ratio must be between 0 and 1, got {ratio}")
         _positive("chunk_size", self.chunk_size)
+        _positive("commit_rows", self.commit_rows)
+        seconds = self.commit_seconds
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 60:
+            raise ValueError(f"commit_seconds must be a number of seconds between 0 and 60, got {seconds!r}")
         _positive("max_prompt_chars", self.max_prompt_chars)
         if self.max_concurrency is not None:
             _positive("max_concurrency", self.max_concurrency)

@@ -2,9 +2,9 @@
 
 Every entry point (the operator, the DataFrame functions, the benchmarks) calls this function:
 it resolves the app's mode, binds the prompt columns to the source, runs the calls with at most
-``max_concurrency`` rows outstanding, and writes results in group commits as they complete
-(every outcome ready at that moment in one transaction), so a crash loses at most
-``max_concurrency`` answered rows and a slow call never holds finished rows back.
+``max_concurrency`` calls in flight, and writes results in group commits of ``commit_rows`` or
+after ``commit_seconds`` (see :mod:`airflow_dify.batch.commits`), so a crash loses at most
+``max_concurrency + commit_rows - 1`` answered rows and a slow call never holds finished rows back.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from airflow_dify.batch.breaker import CircuitBreaker
 from airflow_dify.batch.budget import BudgetGuard
 from airflow_dify.batch.calls import SupportsCall, make_row_caller
+from airflow_dify.batch.commits import GroupCommit
 from airflow_dify.batch.engine import CallPool, StopSignal
 from airflow_dify.batch.errors import PreflightError
 from airflow_dify.batch.file_inputs import FileInputs
@@ -162,7 +163,7 @@ def drive(
     stop: StopSignal | None = None,
     logger: Any = None,
 ) -> BatchSummary:
-    """The loop: keep the call pool full, save what completed, release the saved rows' slots."""
+    """The loop: keep the call pool full, hand completions to the group commit, flush when due."""
     logger = logger or log
     stop = stop or StopSignal()
     select = options.selection()
@@ -172,33 +173,36 @@ def drive(
     rows = chain.from_iterable(source.iter_chunks(options.chunk_size, **select))
     calls = CallPool(call_row, max_concurrency=options.concurrency, stop=stop, may_start=may_start)
     breaker = CircuitBreaker(threshold=options.breaker_threshold, outage_seconds=options.outage_seconds)
+    commit = GroupCommit(sink, summary, rows=options.commit_rows, seconds=options.commit_seconds)
+    summary.crash_bound = options.concurrency + options.commit_rows - 1
     try:
         while True:
             calls.fill(rows)
             if calls.finished:
                 break
-            outcomes = calls.wait(timeout=0.5)
+            outcomes = calls.wait(timeout=commit.wait_limit(0.5))
             if outcomes:
-                saved, billed_held = [], []  # held back rows stay pending; their calls may be billed
+                saved, held = [], []  # held back rows stay pending; their calls may be billed
                 for o in outcomes:
                     if not breaker.holds_back(o):
                         saved.append(o)
                     elif o.maybe_billed or o.earlier_maybe_billed:
-                        billed_held.append(o)
-                if billed_held:
-                    sink.write_results(saved, billed_held)
-                elif saved:
-                    sink.write_results(saved)
-                calls.release(len(outcomes))
-                for outcome in saved:
-                    summary.add(outcome)
+                        held.append(o)
+                commit.add(saved, held)
+                calls.release(len(outcomes))  # in flight + waiting stays within crash_bound
                 summary.left_pending += len(outcomes) - len(saved)
                 if breaker.trip is not None:
                     stop.stop("breaker")
+            if commit.due():
+                commit.flush()
             source.heartbeat()
             progress.tick()
+        commit.flush()
     finally:
-        calls.close()
+        try:
+            commit.flush()  # an error is on its way out: still save every answer we hold
+        finally:
+            calls.close()
     summary.stopped = stop.reason if stop.reason not in (None, "closed") else None
     if breaker.trip is not None:
         summary.stopped_reason = breaker.message(summary.rows_selected - summary.processed)

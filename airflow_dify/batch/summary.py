@@ -30,6 +30,11 @@ class BatchSummary(TokenTotals):
     skipped_claimed: int = 0
     #: Rows called but left pending: the error was not theirs (see batch/breaker.py).
     left_pending: int = 0
+    #: Transactions that wrote results (group commits, see batch/commits.py).
+    commits: int = 0
+    #: At most this many answered rows a crash could lose (re-asked by the next run):
+    #: max_concurrency calls in flight + commit_rows - 1 answers waiting for their commit.
+    crash_bound: int = 0
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
 
@@ -98,6 +103,8 @@ class BatchSummary(TokenTotals):
             "stopped": self.stopped,
             "skipped_claimed": self.skipped_claimed,
             "left_pending": self.left_pending,
+            "commits": self.commits,
+            "crash_bound": self.crash_bound,
             "elapsed_seconds": round(elapsed, 3),
             "rows_per_second": round(self.processed / elapsed, 3) if elapsed > 0 else None,
             **({"stopped_reason": self.stopped_reason} if self.stopped_reason is not None else {}),

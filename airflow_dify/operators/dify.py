@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseHook, BaseOperator
 
+from airflow_dify.batch.commits import DEFAULT_COMMIT_ROWS, DEFAULT_COMMIT_SECONDS
 from airflow_dify.batch.engine import StopSignal
 from airflow_dify.batch.options import DEFAULT_MAX_PROMPT_CHARS, BatchOptions, option_names, shard_from
 from airflow_dify.batch.run import run_batch
@@ -116,6 +117,11 @@ class DifyBatchOperator(BaseOperator):
         Dify billed or may have billed (task try, row id, message/run id, tokens, exact price,
         outcome), written in the same transaction as the row's result; created when missing.
         Spend stays exact after answers are replaced. None: no ledger.
+    :param commit_rows: answered rows written per transaction (default 64).
+    :param commit_seconds: an answer waits at most this long to be written (default 0.05 s). A
+        crash (even SIGKILL) loses at most ``max_concurrency + commit_rows - 1`` answers, reported
+        as the summary's ``crash_bound``; the next run asks those rows again (``user_per_row``:
+        looks them up instead).
     """
 
     template_fields: Sequence[str] = (
@@ -183,6 +189,8 @@ class DifyBatchOperator(BaseOperator):
         ledger_table: str | None = DEFAULT_LEDGER_TABLE,
         user_per_row: bool = False,
         citations_column: str | None = None,
+        commit_rows: int = DEFAULT_COMMIT_ROWS,
+        commit_seconds: float = DEFAULT_COMMIT_SECONDS,
         **kwargs: Any,
     ) -> None:
         if "outlets" not in kwargs:  # an explicit outlets (even []) wins over the derived Asset

@@ -1,7 +1,8 @@
 """The batch engine on its own: in-memory rows, a scripted client, no HTTP, no SQL, no Airflow.
 
-These run in milliseconds and pin the engine's promises: at most ``max_concurrency`` rows
-outstanding (a crash repeats at most that many calls), results saved in completion order, the
+These run in milliseconds and pin the engine's promises: rows started but unsaved never more than
+``max_concurrency + commit_rows - 1`` (what a crash may repeat), results saved in completion order in
+group commits, the
 budget cap and the stop signal stop new calls while in-flight ones are saved, a bad row or a bug
 fails only its row.
 """
@@ -109,8 +110,9 @@ def test_every_row_is_answered_once_and_saved_once() -> None:
     assert summary.succeeded == 57 and summary.total_price == Decimal("0.57")
 
 
-def test_outstanding_rows_never_exceed_max_concurrency() -> None:
-    """Calls finish in bursts while the sink is slow: unsaved rows stay <= max_concurrency."""
+@pytest.mark.parametrize("commit_rows", [1, 5])
+def test_unsaved_rows_never_exceed_the_crash_bound(commit_rows: int) -> None:
+    """Calls finish in bursts: rows started but unsaved stay <= max_concurrency + commit_rows - 1."""
     gate = threading.Semaphore(0)
 
     def hook(i: int) -> None:
@@ -129,12 +131,50 @@ def test_outstanding_rows_never_exceed_max_concurrency() -> None:
     feeder = threading.Thread(target=release, daemon=True)
     feeder.start()
     try:
-        run(rows, max_concurrency=3, chunk_size=7)
+        summary = run(rows, max_concurrency=3, chunk_size=7, commit_rows=commit_rows, commit_seconds=60)
     finally:
         done.set()
         feeder.join(WAIT)
     assert len(rows.saved) == 40
-    assert max(rows.outstanding_at_write) <= 3
+    assert summary.crash_bound == 3 + commit_rows - 1
+    assert max(rows.outstanding_at_write) <= summary.crash_bound
+
+
+def test_answers_are_written_in_groups_of_commit_rows() -> None:
+    client = ScriptedClient()
+    rows = Rows(95, client)
+    summary = run(rows, max_concurrency=4, chunk_size=10, commit_rows=10, commit_seconds=60)
+    sizes = [len(w) for w in rows.writes]
+    # Full groups (a group may overshoot by the completions that arrived with its last row).
+    assert all(10 <= n <= 13 for n in sizes[:-1]) and sum(sizes) == 95, sizes
+    assert summary.commits == len(sizes) and summary.succeeded == 95
+
+
+def test_a_failed_commit_keeps_its_answers_for_the_next_one() -> None:
+    """The database refuses a commit once: the answers are still written before the error leaves."""
+    client = ScriptedClient()
+    rows = Rows(20, client)
+    original = rows.write_results
+    refused: list[int] = []
+
+    def write(outcomes: Sequence[RowOutcome], ledger_only: Sequence[RowOutcome] = ()) -> None:
+        if not refused:
+            refused.extend(o.row_id for o in outcomes)
+            raise ConnectionError("database went away")
+        original(outcomes, ledger_only)
+
+    rows.write_results = write  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        run(rows, max_concurrency=2, commit_rows=4, commit_seconds=60)
+    assert refused and set(refused) <= set(rows.saved)  # paid answers not lost
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("commit_rows", 0), ("commit_seconds", -1), ("commit_seconds", "1")]
+)
+def test_bad_commit_settings_name_the_option(option: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=option):
+        BatchOptions(app_mode="chat", **{option: value})
 
 
 def test_a_slow_call_does_not_hold_finished_rows_back() -> None:

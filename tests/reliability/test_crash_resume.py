@@ -1,4 +1,9 @@
-"""SIGKILL a batch process mid-run, re-run: every row answered once, at most max_concurrency re-asked."""
+"""SIGKILL a batch process mid-run, re-run: every row answered, at most the crash bound re-asked.
+
+The bound is ``max_concurrency + commit_rows - 1``: calls in flight plus answers waiting for their
+group commit. Checked with commits of 1 row (the old bound, max_concurrency) and of 10 rows held
+up to 60 s (so the kill always finds a group waiting).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ import sys
 import time
 from contextlib import closing
 from pathlib import Path
+
+import pytest
 
 from airflow_dify.testing import FakeDify
 from tests.reliability.batch_harness import (
@@ -32,7 +39,8 @@ def _answered(db: Path) -> int:
             return 0
 
 
-def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("commit_rows", "commit_seconds"), [(1, 0.0), (10, 60.0)])
+def test_sigkill_mid_run_then_resume(tmp_path: Path, commit_rows: int, commit_seconds: float) -> None:
     db = tmp_path / "rows.db"
     make_table(db, N)
     with FakeDify(latency=0.05) as fake:
@@ -45,6 +53,8 @@ def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
                 fake.url,
                 fake.app("chat").key,
                 str(CONCURRENCY),
+                str(commit_rows),
+                str(commit_seconds),
             ],
             cwd=Path(__file__).resolve().parents[2],
             start_new_session=True,
@@ -61,7 +71,7 @@ def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
         answered_at_kill = _answered(db)
         assert 30 <= answered_at_kill < N
-        summary = run_batch(fake, db, concurrency=CONCURRENCY)
+        summary = run_batch(fake, db, concurrency=CONCURRENCY, commit_rows=commit_rows)
         assert summary.rows_selected == N - answered_at_kill
         rows = table_rows(db)
         assert all(r["status"] == "succeeded" for r in rows.values())
@@ -69,7 +79,11 @@ def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
         asked = [prompt_of(r) for r in fake.requests if r.path in GENERATION and r.body]
         duplicates = len(asked) - len(set(asked))
         assert len(set(asked)) == N
-        assert duplicates <= CONCURRENCY, f"{duplicates} requests repeated after the crash"
+        bound = CONCURRENCY + commit_rows - 1
+        assert summary.crash_bound == bound
+        assert duplicates <= bound, f"{duplicates} requests repeated after the crash (bound {bound})"
+        if commit_rows > 1:  # 30 rows saved in groups of 10: the groups were really held back
+            assert answered_at_kill % commit_rows == 0, answered_at_kill
         print(f"killed at {answered_at_kill}/{N} saved rows; {duplicates} request(s) repeated on resume")
         for row in rows.values():
             assert asked.count(row["prompt"]) <= 2

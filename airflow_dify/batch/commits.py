@@ -1,0 +1,93 @@
+"""Group commits: answered rows are written together, by count or by age, not one by one.
+
+Each commit is a transaction (and on SQLite an fsync), so committing whatever completed at each
+moment spends CPU on commit bookkeeping at high rates (773 commits for 5,000 rows at latency 0 and
+concurrency 16). Rows wait here until ``commit_rows`` are ready or the oldest has waited
+``commit_seconds``, then go in one transaction. The price is the crash bound: a crash (even
+SIGKILL) loses at most ``max_concurrency`` calls in flight plus ``commit_rows - 1`` answers
+waiting here; a re-run asks those rows again (with ``user_per_row`` it looks them up).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from airflow_dify.batch.summary import BatchSummary
+from airflow_dify.outcome import RowOutcome
+
+if TYPE_CHECKING:
+    from airflow_dify.batch.run import ResultSink
+
+#: Measured at bench scenario b (latency 0, concurrency 16, SQLite, 5,000 rows, median of 3):
+#: committing each completion group: 1,015 µs CPU/row, 521 rows/s, 773 commits; 64 rows or 50 ms:
+#: 680-697 µs/row, 792-812 rows/s, ~90 commits. 128/0.1 s and 256/0.25 s measured no better
+#: (within noise) while holding answers longer, so 64 rows / 50 ms it is.
+DEFAULT_COMMIT_ROWS = 64
+DEFAULT_COMMIT_SECONDS = 0.05
+
+
+class GroupCommit:
+    """Answered rows not yet saved; :meth:`flush` writes them in one ``sink`` call.
+
+    ``ledger_only`` rows (held back by the circuit breaker, maybe billed) ride in the same commit,
+    so their ledger entries are as durable as the results.
+    """
+
+    def __init__(
+        self,
+        sink: ResultSink,
+        summary: BatchSummary,
+        *,
+        rows: int = DEFAULT_COMMIT_ROWS,
+        seconds: float = DEFAULT_COMMIT_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sink, self.summary = sink, summary
+        self.rows, self.seconds, self._clock = rows, seconds, clock
+        self._saved: list[RowOutcome] = []
+        self._ledger_only: list[RowOutcome] = []
+        self._oldest: float | None = None
+
+    @property
+    def pending(self) -> int:
+        """Answers waiting to be written (a crash would lose these)."""
+        return len(self._saved) + len(self._ledger_only)
+
+    def add(self, saved: Sequence[RowOutcome], ledger_only: Sequence[RowOutcome] = ()) -> None:
+        if not saved and not ledger_only:
+            return
+        if self._oldest is None:
+            self._oldest = self._clock()
+        self._saved.extend(saved)
+        self._ledger_only.extend(ledger_only)
+
+    def due(self) -> bool:
+        """Enough rows, or the oldest has waited long enough."""
+        if self._oldest is None:
+            return False
+        return self.pending >= self.rows or self._clock() - self._oldest >= self.seconds
+
+    def wait_limit(self, longest: float) -> float:
+        """How long the caller may block for more completions before this group is due."""
+        if self._oldest is None:
+            return longest
+        return max(0.0, min(longest, self._oldest + self.seconds - self._clock()))
+
+    def flush(self) -> None:
+        """Write what is waiting in one transaction; kept for the next flush if the sink raises."""
+        if self._oldest is None:
+            return
+        saved, held = self._saved, self._ledger_only
+        if held:
+            self.sink.write_results(saved, held)
+        else:
+            self.sink.write_results(saved)
+        self._saved, self._ledger_only, self._oldest = [], [], None
+        self.summary.commits += 1
+        for outcome in saved:
+            self.summary.add(outcome)
+
+
+__all__ = ["DEFAULT_COMMIT_ROWS", "DEFAULT_COMMIT_SECONDS", "GroupCommit"]
