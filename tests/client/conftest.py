@@ -10,6 +10,7 @@ import pytest
 from airflow_dify.client import DifyClient, clear_token_cache
 from airflow_dify.testing import FakeDify
 from tests.client.client_helpers import FAST
+from tests.client.transports import KINDS, transport_factory
 
 
 @pytest.fixture(autouse=True)
@@ -35,3 +36,19 @@ def make_client(fake_dify: FakeDify) -> Iterator[Callable[..., DifyClient]]:
     yield make
     for client in clients:
         client.close()
+
+
+@pytest.fixture(params=KINDS)
+def make_transport(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
+    """``make_transport(**kwargs)``: each transport in turn (a test states the shared contract once)."""
+    made: list[Any] = []
+    factory = transport_factory(request.param)
+
+    def make(**kwargs: Any) -> Any:
+        made.append(factory(**kwargs))
+        return made[-1]
+
+    make.kind = request.param  # type: ignore[attr-defined]
+    yield make
+    for transport in made:
+        transport.close()
