@@ -10,7 +10,7 @@ The session is opened lazily on the loop of the first request: aiohttp binds it 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 import aiohttp
 
@@ -162,7 +162,7 @@ class _Stream:
         self._label = label
         self._read_to_end = False
 
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+    async def aiter_bytes(self) -> AsyncGenerator[bytes, None]:
         content = self._raw.content
         try:
             while True:

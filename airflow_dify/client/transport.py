@@ -10,7 +10,7 @@ every failure as the :class:`~airflow_dify.client.errors.DifyError` the table in
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -97,7 +97,7 @@ class AsyncStreamedResponse(Protocol):
     def headers(self) -> Mapping[str, str]:
         """Case-insensitive."""
 
-    def aiter_bytes(self) -> AsyncIterator[bytes]:
+    def aiter_bytes(self) -> AsyncGenerator[bytes, None]:
         """Body bytes as soon as they arrive (not in fixed-size blocks)."""
 
     async def read(self) -> bytes:
