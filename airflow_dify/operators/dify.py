@@ -117,6 +117,8 @@ class DifyBatchOperator(BaseOperator):
         Dify billed or may have billed (task try, row id, message/run id, tokens, exact price,
         outcome), written in the same transaction as the row's result; created when missing.
         Spend stays exact after answers are replaced. None: no ledger.
+    :param engine: ``threads`` (default: a thread per call in flight) or ``asyncio`` (every call a
+        coroutine on one event loop, one thread: far less CPU and memory at high concurrency).
     """
 
     template_fields: Sequence[str] = (
@@ -184,6 +186,7 @@ class DifyBatchOperator(BaseOperator):
         ledger_table: str | None = DEFAULT_LEDGER_TABLE,
         user_per_row: bool = False,
         citations_column: str | None = None,
+        engine: str = "threads",
         **kwargs: Any,
     ) -> None:
         if "outlets" not in kwargs:  # an explicit outlets (even []) wins over the derived Asset
