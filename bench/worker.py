@@ -104,6 +104,7 @@ def open_batch(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
         chunk_size=int(spec.get("chunk_size", 100)),
         shard=tuple(shard) if shard else None,
         progress_seconds=3600,
+        engine=spec.get("engine", "threads"),
     )
     return pool, client, table, options
 
