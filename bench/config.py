@@ -14,6 +14,8 @@ PEER_SCENARIOS = {
     "d": (0.05, 16, 6000),
 }
 PEERS = ("cookbook", "tuned", "project")
+#: Every client scenario "peers" can run: the project on the asyncio engine too (``--peers``).
+PEER_CLIENTS = (*PEERS, "project_asyncio")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class BenchConfig:
     peer_scenarios: tuple[str, ...] = tuple(PEER_SCENARIOS)
     peer_rows: tuple[tuple[str, int], ...] = (("a", 2000), ("b", 5000), ("c", 4096), ("d", 6600))
     peer_repeats: tuple[tuple[str, int], ...] = (("a", 2), ("b", 2), ("c", 2), ("d", 1))
+    peer_clients: tuple[str, ...] = PEERS
     # 1. bound ratio
     bound_rows: int = 2000
     bound_latency: float = 0.05

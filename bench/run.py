@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, machine_info, work_dir
-from bench.config import PEER_SCENARIOS, SCENARIOS, BenchConfig
+from bench.config import PEER_CLIENTS, PEER_SCENARIOS, SCENARIOS, BenchConfig
 from bench.scenario_baselines import baselines
 from bench.scenario_peers import peers
 from bench.scenario_server import server_rate
@@ -401,6 +401,9 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, Path]:
     p.add_argument("--pool-rows", type=int)
     p.add_argument("--peer-scenarios", help="comma list of a, b, c, d (scenario peers)")
     p.add_argument("--peer-repeats", type=int, help="repetitions of every peer scenario")
+    p.add_argument(
+        "--peers", help="comma list of cookbook, tuned, project, project_asyncio (scenario peers' clients)"
+    )
     p.add_argument("--server-repeats", type=int, help="repetitions of each FakeDify server's rate run")
     p.add_argument("--pool-backends", help="comma list of sqlite, redis")
     p.add_argument("--redis-url")
@@ -435,6 +438,11 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, Path]:
         if set(chosen) - set(PEER_SCENARIOS):
             p.error(f"unknown peer scenario(s) in {a.peer_scenarios!r}; choose from a, b, c, d")
         changes["peer_scenarios"] = chosen
+    if a.peers:
+        clients = tuple(x.strip() for x in a.peers.split(",") if x.strip())
+        if set(clients) - set(PEER_CLIENTS):
+            p.error(f"unknown peer client(s) in {a.peers!r}; choose from {', '.join(PEER_CLIENTS)}")
+        changes["peer_clients"] = clients
     if a.peer_repeats is not None:
         changes["peer_repeats"] = tuple((name, a.peer_repeats) for name in PEER_SCENARIOS)
     if a.server_repeats is not None:

@@ -32,7 +32,7 @@ from bench.common import (
     start_fake,
     work_dir,
 )
-from bench.config import PEER_SCENARIOS, PEERS, BenchConfig
+from bench.config import PEER_SCENARIOS, BenchConfig
 
 PEER_MODULES = {"cookbook": "bench.baselines.cookbook_peer", "tuned": "bench.baselines.tuned_peer"}
 #: What is compared, per client: (key in a run's result, label).
@@ -58,7 +58,7 @@ def _prepare(
     the fake's CPU is metered."""
     work = work_dir()
     timeout = _timeout(rows, rate)
-    if name == "project":
+    if name.startswith("project"):
         db = make_prompt_table(work / f"peers_{scenario}.db", rows)
         spec = {
             "kind": "batch",
@@ -69,6 +69,7 @@ def _prepare(
             "pool_concurrency": concurrency,
             "rpm": rpm or None,
             "rss_interval": 1.0,
+            "engine": "asyncio" if name == "project_asyncio" else "threads",
         }
         return spec, "bench.worker", timeout
     results = work / f"peers_{scenario}_{name}_results.jsonl"
@@ -146,12 +147,18 @@ def _ratios(s: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         "project_vs_cookbook_rows_per_second": rel("project", "cookbook", "rows_per_second"),
         "project_vs_tuned_peak_rss": rel("project", "tuned", "peak_rss_mb"),
         "project_vs_tuned_threads": rel("project", "tuned", "threads_peak"),
+        "project_asyncio_vs_project_cpu_per_row": rel("project_asyncio", "project", "cpu_us_per_row"),
+        "project_asyncio_vs_tuned_cpu_per_row": rel("project_asyncio", "tuned", "cpu_us_per_row"),
+        "project_asyncio_vs_project_rows_per_second": rel("project_asyncio", "project", "rows_per_second"),
+        "project_asyncio_vs_project_peak_rss": rel("project_asyncio", "project", "peak_rss_mb"),
+        "project_asyncio_vs_project_threads": rel("project_asyncio", "project", "threads_peak"),
     }
 
 
 def peers(cfg: BenchConfig) -> dict[str, Any]:
     rows_of, repeats_of = dict(cfg.peer_rows), dict(cfg.peer_repeats)
-    out: dict[str, Any] = {"clients": list(PEERS)}
+    clients = cfg.peer_clients
+    out: dict[str, Any] = {"clients": list(clients)}
     for scenario in cfg.peer_scenarios:
         latency, concurrency, rpm = PEER_SCENARIOS[scenario]
         rows, repeats = rows_of[scenario], repeats_of.get(scenario, 1)
@@ -159,11 +166,11 @@ def peers(cfg: BenchConfig) -> dict[str, Any]:
         write_requests(
             str(work_dir() / f"peers_{scenario}_requests.jsonl"), [(i, prompt(i)) for i in range(1, rows + 1)]
         )
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in PEERS}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in clients}
         fake = start_fake(latency, keep_records=None)
         try:
             for rep in range(repeats):
-                order = PEERS[rep % len(PEERS) :] + PEERS[: rep % len(PEERS)]
+                order = clients[rep % len(clients) :] + clients[: rep % len(clients)]
                 for name in order:
                     runs[name].append(_run_one(name, scenario, rep, fake, rows, concurrency, rpm, rate))
         finally:

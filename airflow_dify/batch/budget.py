@@ -7,7 +7,7 @@ stops within one in-flight window of the cap. Rows never started stay pending (N
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -68,6 +68,18 @@ class BudgetGuard:
 
         def guarded(row: Mapping[str, Any]) -> RowOutcome:
             outcome = call_row(row)
+            self.record(outcome)
+            return outcome
+
+        return guarded
+
+    def wrap_async(
+        self, call_row: Callable[[Mapping[str, Any]], Awaitable[RowOutcome]]
+    ) -> Callable[[Mapping[str, Any]], Awaitable[RowOutcome]]:
+        """:meth:`wrap` for the asyncio engine's row caller."""
+
+        async def guarded(row: Mapping[str, Any]) -> RowOutcome:
+            outcome = await call_row(row)
             self.record(outcome)
             return outcome
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast
 
 from airflow_dify.batch.breaker import SYSTEMIC, classify, rejects_pinned_version
@@ -13,7 +14,7 @@ from airflow_dify.batch.errors import RowError
 from airflow_dify.batch.file_inputs import FileInputs
 from airflow_dify.batch.outputs import OutputSpec
 from airflow_dify.batch.recovery import SupportsLookup, recover_chat, recover_lost, row_user
-from airflow_dify.batch.rows import PromptBuilder, failed_outcome
+from airflow_dify.batch.rows import Prompt, PromptBuilder, failed_outcome
 from airflow_dify.batch.trace import for_try, row_trace_id, script_prefix
 from airflow_dify.client.errors import DifyError
 from airflow_dify.client.models import MODE_FAMILY, DifyResult
@@ -109,108 +110,230 @@ def with_outputs(outcome: RowOutcome, result: DifyResult, outputs: OutputSpec) -
     return replace(outcome, outputs=values)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One row ready to send: its prompt (file inputs attached), trace id and end user."""
+
+    row_id: Any
+    prompt: Prompt
+    trace_id: str
+    sender: str
+
+
+class RowCalls:
+    """Everything a row caller does around the generation call itself, for the thread and the
+    asyncio callers alike: build the prompt, attach files, turn results and errors into outcomes,
+    look a lost chat answer up. Only ``client.call`` (and whether it is awaited) differs.
+
+    :param lookups: the sync client for the rare I/O around a call (file uploads, chat recovery).
+    """
+
+    def __init__(
+        self,
+        lookups: Any,
+        builder: PromptBuilder,
+        *,
+        user: str,
+        response_mode: str | None = None,
+        app_mode: str | None = None,
+        workflow_id: str | None = None,
+        outputs: OutputSpec | None = None,
+        trace_prefix: str | None = None,
+        user_per_row: bool = False,
+        citations_column: str | None = None,
+        files: FileInputs | None = None,
+    ) -> None:
+        self.lookups = lookups
+        self.builder = builder
+        self.user = user
+        self.response_mode = response_mode
+        self.workflow_id = workflow_id
+        self.outputs = outputs
+        self.prefix = trace_prefix or script_prefix()
+        self.family = app_mode or builder.family
+        self.version = {"workflow_id": workflow_id} if workflow_id else {}
+        self.user_per_row = user_per_row
+        self.recovers = user_per_row and MODE_FAMILY.get(self.family) == "chat"
+        self.citations_column = citations_column
+        self.files = files
+
+    def prepare(self, row: Mapping[str, Any]) -> Prepared | RowOutcome:
+        """The call to make, or the row's outcome when it needs no generation call (it fails
+        first, or a crashed try's answer is found). Does I/O only for file inputs (the upload)
+        and for rows taken over from a crashed try (:meth:`needs_io`)."""
+        row_id = row[self.builder.id_column]
+        try:
+            prompt = self.builder.build(row)
+        except RowError as exc:
+            return failed_outcome(row_id, exc.code, str(exc))
+        trace_id = row_trace_id(self.prefix, row_id)
+        sender = row_user(self.user, row_id) if self.user_per_row else self.user
+        taken = row.get(TAKEN_OVER_KEY)
+        if self.recovers and isinstance(taken, TakenOver):  # a crashed try held it: look first
+            found = recover_lost(cast(SupportsLookup, self.lookups), sender, taken, family=self.family)
+            if found is not None:  # stored with the id its call carried, so its trace still finds it
+                lost_trace = row_trace_id(for_try(self.prefix, taken.try_number), row_id)
+                return self.finish(Prepared(row_id, prompt, lost_trace, sender), found)
+        if self.files is not None:
+            try:
+                prompt = replace(prompt, inputs=self.files.attach(prompt, user=sender))
+            except RowError as exc:
+                return failed_outcome(row_id, exc.code, str(exc))
+            except DifyError as err:  # the upload failed (no generation call): classified like one
+                return outcome_from_error(row_id, err, input_hash=prompt.input_hash)
+        return Prepared(row_id, prompt, trace_id, sender)
+
+    def needs_io(self, row: Mapping[str, Any]) -> bool:
+        """Whether :meth:`prepare` may block on the network for this row (run it off the loop)."""
+        return self.files is not None or (self.recovers and TAKEN_OVER_KEY in row)
+
+    def call_kwargs(self, p: Prepared) -> dict[str, Any]:
+        return {
+            "query": p.prompt.query,
+            "inputs": p.prompt.inputs,
+            "user": p.sender,
+            "response_mode": self.response_mode,
+            "trace_id": p.trace_id,
+            **self.version,
+        }
+
+    def may_recover(self, err: DifyError) -> bool:
+        return self.recovers and err.maybe_billed
+
+    def recover(self, p: Prepared, started: float) -> DifyResult | None:
+        """The answer Dify gave to a chat call whose response was lost (sync lookups)."""
+        return recover_chat(cast(SupportsLookup, self.lookups), p.sender, started, family=self.family)
+
+    def failed(self, p: Prepared, err: DifyError, found: DifyResult | None = None) -> RowOutcome:
+        if found is not None:
+            result = replace(found, attempts=err.attempts, maybe_billed_retries=err.maybe_billed_retries)
+            return self.finish(p, result)
+        outcome = outcome_from_error(p.row_id, err, input_hash=p.prompt.input_hash, trace_id=p.trace_id)
+        if self.workflow_id and rejects_pinned_version(err):
+            return replace(outcome, failure=SYSTEMIC, error_code="workflow_id_rejected")
+        return outcome
+
+    def crashed(self, p: Prepared, exc: Exception) -> RowOutcome:
+        """A bug must fail the row, not kill 999 other rows' results."""
+        error = f"internal_error: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+        return RowOutcome(
+            p.row_id,
+            FAILED,
+            error=error,
+            error_code="internal_error",
+            answered_at=_now(),
+            input_hash=p.prompt.input_hash,
+            trace_id=p.trace_id,
+        )
+
+    def finish(self, p: Prepared, result: DifyResult) -> RowOutcome:
+        outcome = outcome_from_result(p.row_id, result, input_hash=p.prompt.input_hash, trace_id=p.trace_id)
+        if self.workflow_id and outcome.workflow_id is None:
+            outcome = replace(outcome, workflow_id=self.workflow_id)  # a chatflow's answer does not echo it
+        if self.outputs:
+            outcome = with_outputs(outcome, result, self.outputs)
+        if self.citations_column:
+            outcome = replace(
+                outcome, outputs={**(outcome.outputs or {}), self.citations_column: list(result.citations)}
+            )
+        return outcome
+
+    @staticmethod
+    def with_prior(row: Mapping[str, Any], outcome: RowOutcome) -> RowOutcome:
+        """Sinks keep a stored answer when its re-run fails: they need to know there was one."""
+        prior = row.get(STATUS_KEY)
+        return outcome if prior is None else replace(outcome, prior_status=prior)
+
+
 def make_row_caller(
     client: SupportsCall,
     builder: PromptBuilder,
-    *,
-    user: str,
-    response_mode: str | None = None,
-    app_mode: str | None = None,
-    workflow_id: str | None = None,
-    outputs: OutputSpec | None = None,
-    trace_prefix: str | None = None,
-    user_per_row: bool = False,
-    citations_column: str | None = None,
-    files: FileInputs | None = None,
+    **options: Any,
 ) -> Callable[[Mapping[str, Any]], RowOutcome]:
-    """``app_mode`` (Dify's own, e.g. ``agent-chat``) lets the client pick streaming where required.
+    """The thread engine's row caller; ``options`` as :class:`RowCalls` takes them.
 
+    ``app_mode`` (Dify's own, e.g. ``agent-chat``) lets the client pick streaming where required;
     ``workflow_id`` pins a published workflow version; ``outputs`` maps the answer to columns;
     ``trace_prefix`` starts every call's X-Trace-Id (see :mod:`airflow_dify.batch.trace`);
     ``user_per_row`` asks as ``<user>-<row>`` so a chat call that timed out is looked up, not
     re-paid (see :mod:`airflow_dify.batch.recovery`); ``citations_column`` takes RAG citations;
     ``files`` puts the row's file inputs in (uploaded once, before the call and its retries).
     """
-    prefix = trace_prefix or script_prefix()
-    family = app_mode or builder.family
-    version = {"workflow_id": workflow_id} if workflow_id else {}
-    recovers = user_per_row and MODE_FAMILY.get(family) == "chat"
+    calls = RowCalls(client, builder, **options)
 
     def call_row(row: Mapping[str, Any]) -> RowOutcome:
-        outcome = call(row)
-        prior = row.get(STATUS_KEY)
-        # Sinks keep a stored answer when its re-run fails: they need to know there was one.
-        return outcome if prior is None else replace(outcome, prior_status=prior)
+        return calls.with_prior(row, call(row))
 
     def call(row: Mapping[str, Any]) -> RowOutcome:
-        row_id = row[builder.id_column]
-        try:
-            prompt = builder.build(row)
-        except RowError as exc:
-            return failed_outcome(row_id, exc.code, str(exc))
-        trace_id = row_trace_id(prefix, row_id)
-        sender = row_user(user, row_id) if user_per_row else user
-        taken = row.get(TAKEN_OVER_KEY)
-        if recovers and isinstance(taken, TakenOver):
-            found = recover_lost(cast(SupportsLookup, client), sender, taken, family=family)
-            if found is not None:  # stored with the id its call carried, so its trace still finds it
-                lost_trace = row_trace_id(for_try(prefix, taken.try_number), row_id)
-                return finish(row_id, found, prompt.input_hash, lost_trace)
-        if files is not None:
-            try:
-                prompt = replace(prompt, inputs=files.attach(prompt, user=sender))
-            except RowError as exc:
-                return failed_outcome(row_id, exc.code, str(exc))
-            except DifyError as err:  # the upload failed (no generation call): classified like one
-                return outcome_from_error(row_id, err, input_hash=prompt.input_hash)
+        p = calls.prepare(row)
+        if isinstance(p, RowOutcome):
+            return p
         started = time.time()
         try:
-            result = client.call(
-                family,
-                query=prompt.query,
-                inputs=prompt.inputs,
-                user=sender,
-                response_mode=response_mode,
-                trace_id=trace_id,
-                **version,
-            )
+            result = client.call(calls.family, **calls.call_kwargs(p))
         except DifyError as err:
-            found = None
-            if recovers and err.maybe_billed:
-                found = recover_chat(cast(SupportsLookup, client), sender, started, family=family)
-            if found is not None:
-                result = replace(found, attempts=err.attempts, maybe_billed_retries=err.maybe_billed_retries)
-                return finish(row_id, result, prompt.input_hash, trace_id)
-            outcome = outcome_from_error(row_id, err, input_hash=prompt.input_hash, trace_id=trace_id)
-            if workflow_id and rejects_pinned_version(err):
-                return replace(outcome, failure=SYSTEMIC, error_code="workflow_id_rejected")
-            return outcome
-        except Exception as exc:  # a bug must fail the row, not kill 999 other rows' results
-            error = f"internal_error: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
-            return RowOutcome(
-                row_id,
-                FAILED,
-                error=error,
-                error_code="internal_error",
-                answered_at=_now(),
-                input_hash=prompt.input_hash,
-                trace_id=trace_id,
-            )
-        return finish(row_id, result, prompt.input_hash, trace_id)
-
-    def finish(row_id: Any, result: DifyResult, input_hash: str | None, trace_id: str) -> RowOutcome:
-        outcome = outcome_from_result(row_id, result, input_hash=input_hash, trace_id=trace_id)
-        if workflow_id and outcome.workflow_id is None:
-            outcome = replace(outcome, workflow_id=workflow_id)  # a chatflow's answer does not echo it
-        if outputs:
-            outcome = with_outputs(outcome, result, outputs)
-        if citations_column:
-            outcome = replace(
-                outcome, outputs={**(outcome.outputs or {}), citations_column: list(result.citations)}
-            )
-        return outcome
+            return calls.failed(p, err, calls.recover(p, started) if calls.may_recover(err) else None)
+        except Exception as exc:
+            return calls.crashed(p, exc)
+        return calls.finish(p, result)
 
     return call_row
 
 
-__all__ = ["FAILED", "make_row_caller", "outcome_from_error", "outcome_from_result", "with_outputs"]
+class SupportsAsyncCall(Protocol):
+    async def call(
+        self,
+        family: str,
+        *,
+        query: str | None,
+        inputs: dict[str, Any],
+        user: str,
+        response_mode: str | None,
+        workflow_id: str | None = None,
+        trace_id: str | None = None,
+    ) -> DifyResult: ...
+
+
+def make_async_row_caller(
+    client: SupportsAsyncCall,
+    lookups: SupportsCall,
+    builder: PromptBuilder,
+    **options: Any,
+) -> Callable[[Mapping[str, Any]], Awaitable[RowOutcome]]:
+    """The asyncio engine's row caller: :func:`make_row_caller` with the call awaited.
+
+    ``lookups`` is the sync client; file uploads and chat recovery (rare, and sync) run through it
+    in a worker thread, so the loop never blocks on them.
+    """
+    calls = RowCalls(lookups, builder, **options)
+
+    async def call_row(row: Mapping[str, Any]) -> RowOutcome:
+        return calls.with_prior(row, await call(row))
+
+    async def call(row: Mapping[str, Any]) -> RowOutcome:
+        p = await asyncio.to_thread(calls.prepare, row) if calls.needs_io(row) else calls.prepare(row)
+        if isinstance(p, RowOutcome):
+            return p
+        started = time.time()
+        try:
+            result = await client.call(calls.family, **calls.call_kwargs(p))
+        except DifyError as err:
+            found = await asyncio.to_thread(calls.recover, p, started) if calls.may_recover(err) else None
+            return calls.failed(p, err, found)
+        except Exception as exc:
+            return calls.crashed(p, exc)
+        return calls.finish(p, result)
+
+    return call_row
+
+
+__all__ = [
+    "FAILED",
+    "Prepared",
+    "RowCalls",
+    "make_async_row_caller",
+    "make_row_caller",
+    "outcome_from_error",
+    "outcome_from_result",
+    "with_outputs",
+]

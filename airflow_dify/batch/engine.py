@@ -36,16 +36,18 @@ class StopSignal:
         return self._event.is_set()
 
 
-class CallPool(Generic[T]):
-    """A bounded thread pool fed from an iterator; the caller acknowledges saved results.
+class BoundedCalls(Generic[T]):
+    """What every engine shares: the outstanding-row cap, the completion queue and the stop rules.
 
-    :param call: turns one item into its outcome; must not raise (errors are failed outcomes).
-    :param may_start: asked in the worker right before each call (budget cap); False stops the pool.
+    Subclasses only say how one guarded call is started (:meth:`_submit`): on a worker thread, or
+    as a coroutine on the engine's event loop. Completions come back as futures on a thread-safe
+    queue either way, so :meth:`wait` runs on the caller's thread (the one that writes to SQL).
+
+    :param may_start: asked right before each call (budget cap); False stops the pool.
     """
 
     def __init__(
         self,
-        call: Callable[[T], RowOutcome],
         *,
         max_concurrency: int,
         stop: StopSignal | None = None,
@@ -55,20 +57,22 @@ class CallPool(Generic[T]):
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.max_concurrency = max_concurrency
         self.stop = stop or StopSignal()
-        self._call = call
         self._may_start = may_start
         self._done: queue.SimpleQueue[Future[RowOutcome | None]] = queue.SimpleQueue()
-        self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="dify-call")
         self.outstanding = 0
         self.exhausted = False
 
-    def _guarded(self, item: T) -> RowOutcome | None:
+    def _starts(self, item: T) -> bool:
+        """Right before a call: not after ``stop``, and not when the budget says no."""
         if self.stop.stopped:
-            return None
+            return False
         if self._may_start is not None and not self._may_start(item):
             self.stop.stop("budget")
-            return None
-        return self._call(item)
+            return False
+        return True
+
+    def _submit(self, item: T) -> Future[RowOutcome | None]:
+        raise NotImplementedError
 
     def fill(self, items: Iterator[T]) -> None:
         """Submit items until ``max_concurrency`` are outstanding, the iterator ends, or we stop."""
@@ -77,7 +81,7 @@ class CallPool(Generic[T]):
             if item is _END:
                 self.exhausted = True
                 return
-            future = self._executor.submit(self._guarded, item)
+            future = self._submit(item)
             future.add_done_callback(self._done.put)
             self.outstanding += 1
 
@@ -98,6 +102,9 @@ class CallPool(Generic[T]):
             except queue.Empty:
                 break
         for future in futures:
+            if future.cancelled():  # cancelled by close() before it could finish: nothing to save
+                self.outstanding -= 1
+                continue
             outcome = future.result()  # a bug in `call` surfaces here, after the batch is saved
             if outcome is None:  # never started (stopped): nothing to save
                 self.outstanding -= 1
@@ -108,6 +115,35 @@ class CallPool(Generic[T]):
     def release(self, n: int) -> None:
         """The caller took ``n`` outcomes (saved, or waiting for their commit): their slots are free."""
         self.outstanding -= n
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class CallPool(BoundedCalls[T]):
+    """A bounded thread pool fed from an iterator; the caller acknowledges saved results.
+
+    :param call: turns one item into its outcome; must not raise (errors are failed outcomes).
+    :param may_start: asked in the worker right before each call (budget cap); False stops the pool.
+    """
+
+    def __init__(
+        self,
+        call: Callable[[T], RowOutcome],
+        *,
+        max_concurrency: int,
+        stop: StopSignal | None = None,
+        may_start: Callable[[T], bool] | None = None,
+    ) -> None:
+        super().__init__(max_concurrency=max_concurrency, stop=stop, may_start=may_start)
+        self._call = call
+        self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="dify-call")
+
+    def _guarded(self, item: T) -> RowOutcome | None:
+        return self._call(item) if self._starts(item) else None
+
+    def _submit(self, item: T) -> Future[RowOutcome | None]:
+        return self._executor.submit(self._guarded, item)
 
     def close(self) -> None:
         self.stop.stop(self.stop.reason or "closed")

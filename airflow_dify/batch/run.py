@@ -12,14 +12,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from itertools import chain
 from typing import Any, Protocol
 
+from airflow_dify.batch.async_engine import AsyncCallPool
+from airflow_dify.batch.async_twin import async_client_for
 from airflow_dify.batch.breaker import CircuitBreaker
 from airflow_dify.batch.budget import BudgetGuard
-from airflow_dify.batch.calls import SupportsCall, make_row_caller
+from airflow_dify.batch.calls import SupportsCall, make_async_row_caller, make_row_caller
 from airflow_dify.batch.commits import GroupCommit
-from airflow_dify.batch.engine import CallPool, StopSignal
+from airflow_dify.batch.engine import BoundedCalls, CallPool, StopSignal
 from airflow_dify.batch.errors import PreflightError
 from airflow_dify.batch.file_inputs import FileInputs
 from airflow_dify.batch.options import BatchOptions
@@ -114,28 +117,42 @@ def run_batch(
         options.redo,
     )
     budget = BudgetGuard(options.max_total_tokens, options.max_total_price)
-    call_row = make_row_caller(
-        client,
-        builder,
-        user=options.user,
-        response_mode=options.response_mode,
-        app_mode=mode,
-        workflow_id=options.workflow_id,
-        outputs=outputs or None,
-        trace_prefix=options.trace_prefix,
-        user_per_row=options.user_per_row,
-        citations_column=options.citations_column,
-        files=files,
-    )
-    summary = drive(
-        source,
-        sink,
-        budget.wrap(call_row) if budget.active else call_row,
-        options,
-        may_start=budget.may_start if budget.active else None,
-        stop=stop,
-        logger=logger,
-    )
+    row_options: dict[str, Any] = {
+        "user": options.user,
+        "response_mode": options.response_mode,
+        "app_mode": mode,
+        "workflow_id": options.workflow_id,
+        "outputs": outputs or None,
+        "trace_prefix": options.trace_prefix,
+        "user_per_row": options.user_per_row,
+        "citations_column": options.citations_column,
+        "files": files,
+    }
+    may_start = budget.may_start if budget.active else None
+    if engine_for(options) == "asyncio":
+        aclient, aclose = async_client_for(client, options.concurrency)
+        acall_row = make_async_row_caller(aclient, client, builder, **row_options)
+        summary = drive(
+            source,
+            sink,
+            budget.wrap_async(acall_row) if budget.active else acall_row,
+            options,
+            may_start=may_start,
+            stop=stop,
+            logger=logger,
+            open_calls=partial(AsyncCallPool, on_close=aclose),
+        )
+    else:
+        call_row = make_row_caller(client, builder, **row_options)
+        summary = drive(
+            source,
+            sink,
+            budget.wrap(call_row) if budget.active else call_row,
+            options,
+            may_start=may_start,
+            stop=stop,
+            logger=logger,
+        )
     if summary.stopped == "budget":
         summary.stopped_reason = budget.reason
     summary.skipped_claimed = source.skipped_claimed
@@ -153,17 +170,27 @@ def run_batch(
     return summary
 
 
+def engine_for(options: BatchOptions) -> str:
+    """Which engine runs the calls (one place to ask, so a test run can force one)."""
+    return options.engine
+
+
 def drive(
     source: RowSource,
     sink: ResultSink,
-    call_row: RowCaller,
+    call_row: Any,
     options: BatchOptions,
     *,
     may_start: Callable[[Mapping[str, Any]], bool] | None = None,
     stop: StopSignal | None = None,
     logger: Any = None,
+    open_calls: Callable[..., BoundedCalls[Mapping[str, Any]]] = CallPool,
 ) -> BatchSummary:
-    """The loop: keep the call pool full, hand completions to the group commit, flush when due."""
+    """The loop: keep the call pool full, hand completions to the group commit, flush when due.
+
+    ``call_row`` is what ``open_calls`` runs: a :data:`RowCaller` for the thread pool (default),
+    a coroutine function for :class:`~airflow_dify.batch.async_engine.AsyncCallPool`.
+    """
     logger = logger or log
     stop = stop or StopSignal()
     select = options.selection()
@@ -171,7 +198,7 @@ def drive(
     logger.info("Selected %s row(s) to process (redo=%s)", f"{summary.rows_selected:,}", options.redo)
     progress = ProgressReporter(logger, summary, options.progress_seconds)
     rows = chain.from_iterable(source.iter_chunks(options.chunk_size, **select))
-    calls = CallPool(call_row, max_concurrency=options.concurrency, stop=stop, may_start=may_start)
+    calls = open_calls(call_row, max_concurrency=options.concurrency, stop=stop, may_start=may_start)
     breaker = CircuitBreaker(threshold=options.breaker_threshold, outage_seconds=options.outage_seconds)
     commit = GroupCommit(sink, summary, rows=options.commit_rows, seconds=options.commit_seconds)
     summary.crash_bound = options.concurrency + options.commit_rows - 1
@@ -211,4 +238,4 @@ def drive(
     return summary
 
 
-__all__ = ["ResultSink", "RowSource", "SupportsBatch", "drive", "run_batch"]
+__all__ = ["ResultSink", "RowSource", "SupportsBatch", "drive", "engine_for", "run_batch"]

@@ -7,32 +7,47 @@ budget. Workflow runs that Dify reports as failed, and broken streams, never sil
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import re
 import time
 from dataclasses import replace
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from airflow_dify.client.auth import ApiKeyAuth, DifyAuth
 from airflow_dify.client.errors import (
-    DifyConfigError,
     DifyError,
     DifyRateLimitError,
     DifyResponseError,
-    DifyRunFailedError,
     DifyStreamError,
     DifyTransportError,
 )
 from airflow_dify.client.exchange import Exchange, read_all
 from airflow_dify.client.feedback import FEEDBACK_ENDPOINT, feedback_request
 from airflow_dify.client.files import UPLOAD_ENDPOINT, UPLOAD_PATH, upload_failure, upload_request
-from airflow_dify.client.models import MODE_FAMILY, STREAMING_ONLY_MODES, AppInfo, DifyResult
+from airflow_dify.client.generation import (
+    RUN_LOOKUP,
+    AttemptBook,
+    Plan,
+    aggregator,
+    chat_plan,
+    completion_plan,
+    is_event_stream,
+    ms,
+    parse_result,
+    plan_call,
+    recoverable_run,
+    run_path,
+    run_record,
+    run_status,
+    stream_result,
+    trace_headers,
+    unrecoverable,
+    workflow_plan,
+)
+from airflow_dify.client.models import AppInfo, DifyResult
 from airflow_dify.client.responses import CallContext, json_body
 from airflow_dify.client.retry import RetryPolicy, call_with_retries
-from airflow_dify.client.streaming import MessageAggregator, WorkflowAggregator, iter_events
+from airflow_dify.client.streaming import iter_events
 from airflow_dify.client.transport import USER_AGENT, Transport
 from airflow_dify.client.urllib3_transport import Urllib3Transport
 from airflow_dify.client.urls import normalize_base_url
@@ -40,10 +55,8 @@ from airflow_dify.limits.base import RateLimitPool, UnlimitedPool
 
 log = logging.getLogger("airflow_dify.client")
 
-_TRACE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-_RESPONSE_MODES = ("blocking", "streaming")
 #: What reading a stream's body can raise from the transport: the stream broke.
-_READ_FAILURES = (DifyTransportError, DifyResponseError)
+READ_FAILURES = (DifyTransportError, DifyResponseError)
 
 
 class DifyClient:
@@ -81,6 +94,18 @@ class DifyClient:
     ) -> None:
         self.auth: DifyAuth = ApiKeyAuth(auth) if isinstance(auth, str) or auth is None else auth
         self.base_url = normalize_base_url(base_url)
+        #: What the client was built with: its asyncio twin (``AsyncDifyClient.twin``) takes the same.
+        self.settings: dict[str, Any] = {
+            "timeout": timeout,
+            "verify_ssl": verify_ssl,
+            "pool_size": pool_size,
+            "retry": retry,
+            "pool": pool,
+            "completion_token_estimate": completion_token_estimate,
+            "user_agent": user_agent,
+            "stream_recovery_polls": stream_recovery_polls,
+            "stream_recovery_interval": stream_recovery_interval,
+        }
         self._transport = transport or Urllib3Transport(pool_size=pool_size, verify_ssl=verify_ssl)
         self._exchange = Exchange(
             self._transport, self.base_url, self.auth, timeout=timeout, user_agent=user_agent or USER_AGENT
@@ -104,7 +129,7 @@ class DifyClient:
         trace_id: str | None = None,
     ) -> DifyResult:
         """POST /chat-messages (chat, advanced-chat; agent apps need ``response_mode="streaming"``)."""
-        return self._chat(query, inputs, user, conversation_id, response_mode, trace_id)
+        return self._generate(chat_plan(query, inputs, user, conversation_id, response_mode), trace_id)
 
     def complete(
         self,
@@ -116,10 +141,7 @@ class DifyClient:
         trace_id: str | None = None,
     ) -> DifyResult:
         """POST /completion-messages (text generator apps)."""
-        body = _body(inputs, user, response_mode)
-        if query is not None:
-            body["query"] = query
-        return self._generate("completion", "/completion-messages", body, trace_id)
+        return self._generate(completion_plan(inputs, user, query, response_mode), trace_id)
 
     def run_workflow(
         self,
@@ -131,8 +153,7 @@ class DifyClient:
         trace_id: str | None = None,
     ) -> DifyResult:
         """POST /workflows/run (or /workflows/{id}/run); a status other than succeeded raises."""
-        path = f"/workflows/{quote(workflow_id, safe='')}/run" if workflow_id else "/workflows/run"
-        return self._generate("workflow", path, _body(inputs, user, response_mode), trace_id)
+        return self._generate(workflow_plan(inputs, user, workflow_id, response_mode), trace_id)
 
     def call(
         self,
@@ -153,28 +174,16 @@ class DifyClient:
         and a broken stream is recovered by looking the run up, never by running it again.
         ``workflow_id`` pins a published version (a workflow's path; a chatflow's body field).
         """
-        fam = MODE_FAMILY.get(family)
-        if fam is None:
-            raise DifyConfigError(f"unknown app mode {family!r}; expected one of {sorted(MODE_FAMILY)}")
-        streams = family in STREAMING_ONLY_MODES or fam == "workflow"
-        mode = response_mode or ("streaming" if streams else "blocking")
-        if fam == "chat":
-            text = query if query is not None else ""
-            return self._chat(
-                text,
-                inputs,
-                user,
-                conversation_id,
-                mode,
-                trace_id,
-                agent=family == "agent",
-                workflow_id=workflow_id,
-            )
-        if fam == "completion":
-            return self.complete(inputs, user=user, query=query, response_mode=mode, trace_id=trace_id)
-        return self.run_workflow(
-            inputs, user=user, workflow_id=workflow_id, response_mode=mode, trace_id=trace_id
+        plan = plan_call(
+            family,
+            query=query,
+            inputs=inputs,
+            user=user,
+            response_mode=response_mode,
+            conversation_id=conversation_id,
+            workflow_id=workflow_id,
         )
+        return self._generate(plan, trace_id)
 
     # -- lookups (idempotent GETs: retried, but not drawn from the generation pool) -------------
     def info(self) -> AppInfo:
@@ -222,39 +231,10 @@ class DifyClient:
 
     def _run_body(self, run_id: str) -> dict[str, Any]:
         """The run record in the blocking-response shape ``{workflow_run_id, data}``."""
-        if not run_id or not isinstance(run_id, str):
-            raise DifyConfigError("get_workflow_run needs a workflow run id")
-        ctx = self._ctx("workflows/run/{id}", hint_base_url_on_404=False)
-        data = dict(self._get(f"/workflows/run/{quote(run_id, safe='')}", ctx))
-        for key in ("outputs", "inputs"):
-            if isinstance(data.get(key), str):  # Dify sends these as JSON strings here
-                with contextlib.suppress(ValueError):
-                    data[key] = json.loads(data[key])
-        return {"workflow_run_id": data.get("id") or run_id, "data": data}
+        path = run_path(run_id)
+        return run_record(self._get(path, self._ctx(RUN_LOOKUP, hint_base_url_on_404=False)), run_id)
 
     # -- internals ---------------------------------------------------------------------------------
-    def _chat(
-        self,
-        query: str,
-        inputs: dict[str, Any] | None,
-        user: str,
-        conversation_id: str | None,
-        response_mode: str,
-        trace_id: str | None,
-        *,
-        agent: bool = False,
-        workflow_id: str | None = None,
-    ) -> DifyResult:
-        body = _body(inputs, user, response_mode)
-        body["query"] = query
-        # Naming each new conversation can cost an extra LLM call: useless for bulk runs.
-        body["auto_generate_name"] = False
-        if conversation_id:
-            body["conversation_id"] = conversation_id
-        if workflow_id:
-            body["workflow_id"] = workflow_id  # a chatflow's pinned published version
-        return self._generate("chat", "/chat-messages", body, trace_id, agent=agent)
-
     def _ctx(self, endpoint: str, *, hint_base_url_on_404: bool = True) -> CallContext:
         ctx = self._contexts.get(endpoint)
         if ctx is None:
@@ -268,86 +248,54 @@ class DifyClient:
             self.retry, ctx.endpoint, lambda: json_body(self._exchange.send("GET", path, ctx), ctx)
         )
 
-    def _generate(
-        self, family: str, path: str, body: dict[str, Any], trace_id: str | None, *, agent: bool = False
-    ) -> DifyResult:
-        ctx = self._ctx(path.lstrip("/"))
-        headers = _trace_headers(trace_id)
-        streaming = body["response_mode"] == "streaming"
-        # Reserve prompt (~4 characters per token) + expected completion; settled to the real count.
-        text = len(body.get("query") or "") + sum(len(str(v)) for v in (body.get("inputs") or {}).values())
-        estimate = self.completion_token_estimate + text // 4
-        attempts = 0
-        maybe_billed = 0  # failed attempts so far that may have run (the usage ledger counts them)
+    def _generate(self, plan: Plan, trace_id: str | None) -> DifyResult:
+        ctx = self._ctx(plan.path.lstrip("/"))
+        headers = trace_headers(trace_id)
+        book = AttemptBook(plan.body, self.completion_token_estimate)
 
         def attempt() -> DifyResult:
-            nonlocal attempts, maybe_billed
-            attempts += 1
-            permit = self.pool.acquire(estimate)
-            used: int | None = estimate
+            book.attempts += 1
+            permit = self.pool.acquire(book.estimate)
+            used: int | None = book.estimate
             try:
                 started = time.perf_counter()
-                if streaming:
-                    result = self._stream_attempt(family, path, body, headers, ctx, started, agent)
+                if plan.streaming:
+                    result = self._stream_attempt(plan, headers, ctx, started)
                 else:
-                    resp = self._exchange.send("POST", path, ctx, body=body, headers=headers)
-                    result = _parse(family, json_body(resp, ctx), _ms(started))
-                total = result.usage.total_tokens
-                used = total if total is not None else estimate
-                if attempts > 1:
-                    return replace(result, attempts=attempts, maybe_billed_retries=maybe_billed)
+                    resp = self._exchange.send("POST", plan.path, ctx, body=plan.body, headers=headers)
+                    result = parse_result(plan.family, json_body(resp, ctx), ms(started))
+                result, used = book.succeeded(result)
                 return result
             except DifyError as err:
-                used = self._charge_for(err)
+                out, used = book.failed(err)
                 if isinstance(err, DifyRateLimitError):
                     self.pool.throttled()  # the whole pool slows down, not just this thread
-                earlier, maybe_billed = maybe_billed, maybe_billed + int(err.maybe_billed)
-                if earlier:
-                    raise err.evolve(maybe_billed_retries=earlier) from err.__cause__
-                raise
+                if out is err:
+                    raise
+                raise out from err.__cause__
             finally:
                 permit.settle(used)
 
         return call_with_retries(self.retry, ctx.endpoint, attempt)
 
-    def _charge_for(self, err: DifyError) -> int:
-        """Tokens to settle for a failed attempt: what ran, the estimate if unknown, 0 if rejected."""
-        result = err.result
-        if result is not None and result.usage.total_tokens is not None:
-            return result.usage.total_tokens
-        if err.maybe_billed or (err.status or 0) >= 500:
-            return self.completion_token_estimate
-        return 0
-
     def _stream_attempt(
-        self,
-        family: str,
-        path: str,
-        body: dict[str, Any],
-        headers: dict[str, str] | None,
-        ctx: CallContext,
-        started: float,
-        agent: bool,
+        self, plan: Plan, headers: dict[str, str] | None, ctx: CallContext, started: float
     ) -> DifyResult:
-        resp = self._exchange.stream("POST", path, ctx, body=body, headers=headers)
-        agg: MessageAggregator | WorkflowAggregator
-        agg = WorkflowAggregator(ctx) if family == "workflow" else MessageAggregator(family, ctx, agent=agent)
+        resp = self._exchange.stream("POST", plan.path, ctx, body=plan.body, headers=headers)
+        agg = aggregator(plan, ctx)
         try:
-            if "text/event-stream" not in resp.headers.get("Content-Type", ""):
-                # A gateway answered blocking.
-                return _parse(family, json_body(read_all(resp), ctx), _ms(started))
+            if not is_event_stream(resp.headers):  # a gateway answered blocking
+                return parse_result(plan.family, json_body(read_all(resp), ctx), ms(started))
             try:
                 for event in iter_events(resp.iter_bytes()):
                     if agg.feed(event):
                         break
-            except _READ_FAILURES as exc:
+            except READ_FAILURES as exc:
                 raise agg.broken(exc.code) from None
-            if isinstance(agg, MessageAggregator):
-                return agg.result(_ms(started))
-            return _parse("workflow", agg.body(), _ms(started))
+            return stream_result(agg, started)
         except DifyStreamError as err:
-            run_id = err.workflow_run_id or getattr(agg, "workflow_run_id", None)
-            if family != "workflow" or not run_id:
+            run_id = recoverable_run(plan, agg, err)
+            if run_id is None:
                 raise
             return self._recover_run(run_id, err, ctx, started)
         finally:
@@ -367,11 +315,11 @@ class DifyClient:
             try:
                 body = self._run_body(run_id)
             except DifyError as err:
-                raise _unrecoverable(cause, run_id, f"looking it up failed: {err}") from None
-            status = (body.get("data") or {}).get("status") or "running"
+                raise unrecoverable(cause, run_id, f"looking it up failed: {err}") from None
+            status = run_status(body)
             if status != "running":
-                return _parse("workflow", body, _ms(started))
-        raise _unrecoverable(cause, run_id, f"still '{status}' after {self.stream_recovery_polls} look-ups")
+                return parse_result("workflow", body, ms(started))
+        raise unrecoverable(cause, run_id, f"still '{status}' after {self.stream_recovery_polls} look-ups")
 
     def close(self) -> None:
         self._transport.close()
@@ -407,47 +355,3 @@ class DifyClient:
             )
         except DifyError as err:
             raise upload_failure(err) from err.__cause__
-
-
-def _parse(family: str, data: dict[str, Any], latency_ms: int) -> DifyResult:
-    if family != "workflow":
-        return DifyResult.from_message(data, mode=family, latency_ms=latency_ms)
-    result = DifyResult.from_workflow(data, latency_ms=latency_ms)
-    if result.status != "succeeded":
-        error = (data.get("data") or {}).get("error")
-        raise DifyRunFailedError(
-            str(error) if error else f"workflow run ended with status '{result.status}'",
-            code=f"workflow_{result.status}",
-            result=result,
-            workflow_run_id=result.workflow_run_id,
-        )
-    return result
-
-
-def _unrecoverable(cause: DifyStreamError, run_id: str, why: str) -> DifyStreamError:
-    return DifyStreamError(
-        f"{cause.message}; run {run_id} {why}; not re-sent to avoid paying twice",
-        retryable=False,
-        workflow_run_id=run_id,
-    )
-
-
-def _ms(started: float) -> int:
-    return int((time.perf_counter() - started) * 1000)
-
-
-def _body(inputs: dict[str, Any] | None, user: str, response_mode: str) -> dict[str, Any]:
-    """What every generation request carries, checked before anything is sent."""
-    if not isinstance(user, str) or not user.strip():
-        raise DifyConfigError("user is required: pass a stable end-user id, e.g. 'airflow-<dag_id>'")
-    if response_mode not in _RESPONSE_MODES:
-        raise DifyConfigError(f"response_mode must be 'blocking' or 'streaming' (got {response_mode!r})")
-    return {"inputs": inputs or {}, "user": user, "response_mode": response_mode}
-
-
-def _trace_headers(trace_id: str | None) -> dict[str, str] | None:
-    if trace_id is None:
-        return None
-    if not _TRACE_ID_RE.match(trace_id):
-        raise DifyConfigError("trace_id must be 1-128 characters of letters, digits, '_' or '-'")
-    return {"X-Trace-Id": trace_id}

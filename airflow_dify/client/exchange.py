@@ -1,21 +1,31 @@
 """One authenticated exchange with Dify: request, one OAuth2 refresh on 401, error mapping.
 
 Kept apart from the endpoint methods so the hot path (headers, send, status check) is easy to
-see and to keep lean. It touches the transport only through ``send``/``stream`` and reads only
-plain response values, so an asyncio client can mirror this short flow with ``await`` and reuse
-the request building, error mapping and masking as they are.
+see and to keep lean. :class:`ExchangeRules` holds everything that is not I/O (request building,
+when to resend after a 401, error mapping, masking); :class:`Exchange` (sync) and
+:class:`AsyncExchange` (asyncio) are the same short flow, one with ``await``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-from airflow_dify.client.auth import DifyAuth
+from airflow_dify.client.auth import ApiKeyAuth, DifyAuth
 from airflow_dify.client.errors import DifyError, E
 from airflow_dify.client.responses import CallContext, error_from_response
-from airflow_dify.client.transport import Request, Response, StreamedResponse, Timeout, Transport, as_timeout
+from airflow_dify.client.transport import (
+    AsyncStreamedResponse,
+    AsyncTransport,
+    Request,
+    Response,
+    StreamedResponse,
+    Timeout,
+    Transport,
+    as_timeout,
+)
 
 _REFRESHED = " (still refused after refreshing the OAuth2 token once)"
 
@@ -49,28 +59,37 @@ def read_all(resp: StreamedResponse) -> Response:
         resp.close()
 
 
+async def aread_all(resp: AsyncStreamedResponse) -> Response:
+    """:func:`read_all` for a stream on the event loop."""
+    try:
+        return Response(resp.status, resp.headers, await resp.read())
+    finally:
+        resp.close()
+
+
 def _complete(resp: Response) -> Response:
     return resp
 
 
-class Exchange:
-    """Sends one authenticated request and returns a 2xx answer, or raises the masked DifyError.
+async def _acomplete(resp: Response) -> Response:
+    return resp
 
-    :param transport: sends the requests (never follows redirects).
+
+class ExchangeRules:
+    """What one exchange decides without I/O: the request, the 401 resend, the masked error.
+
     :param base_url: the normalised API base URL; paths are appended to it.
     :param timeout: seconds, or (connect, read).
     """
 
     def __init__(
         self,
-        transport: Transport,
         base_url: str,
         auth: DifyAuth,
         *,
         timeout: float | tuple[float, float],
         user_agent: str,
     ) -> None:
-        self.transport = transport
         self.base_url = base_url
         self.auth = auth
         self.timeout: Timeout = as_timeout(timeout)
@@ -101,6 +120,34 @@ class Exchange:
             hdrs["Content-Type"] = "application/json"
         return Request(method, self.base_url + path, hdrs, data, self.timeout, ctx.where)
 
+    def resend(self, status: int, sent: str) -> bool:
+        """A refused OAuth2 token is refreshed and the request re-sent once: not a retry, since
+        nothing ran; a static key cannot be refreshed and its 401 is final."""
+        return status == 401 and self.auth.on_unauthorized(sent)
+
+    def failure(self, resp: Response, ctx: CallContext, *, refreshed: bool = False) -> DifyError:
+        """The masked error for a non-2xx answer."""
+        err = error_from_response(resp, ctx)
+        if refreshed and resp.status == 401:
+            err = err.evolve(message=err.message + _REFRESHED)
+        return mask(err, self.auth.secrets())
+
+    def masked(self, err: DifyError) -> DifyError | None:
+        """``err`` with secrets masked out, or None when it holds none (re-raise it as it is)."""
+        out = mask(err, self.auth.secrets())
+        return None if out is err else out
+
+
+class Exchange(ExchangeRules):
+    """Sends one authenticated request and returns a 2xx answer, or raises the masked DifyError.
+
+    :param transport: sends the requests (never follows redirects).
+    """
+
+    def __init__(self, transport: Transport, base_url: str, auth: DifyAuth, **kw: Any) -> None:
+        super().__init__(base_url, auth, **kw)
+        self.transport = transport
+
     def send(
         self, method: str, path: str, ctx: CallContext, *, body: Body = None, headers: Headers = None
     ) -> Response:
@@ -113,13 +160,6 @@ class Exchange:
         """One attempt whose 2xx body the caller reads (and closes)."""
         return self._exchange(self.transport.stream, read_all, method, path, ctx, body, headers)
 
-    def failure(self, resp: Response, ctx: CallContext, *, refreshed: bool = False) -> DifyError:
-        """The masked error for a non-2xx answer."""
-        err = error_from_response(resp, ctx)
-        if refreshed and resp.status == 401:
-            err = err.evolve(message=err.message + _REFRESHED)
-        return mask(err, self.auth.secrets())
-
     def _exchange(
         self,
         open_: Callable[[Request], A],
@@ -130,12 +170,10 @@ class Exchange:
         body: Body,
         headers: Headers,
     ) -> A:
-        # A refused OAuth2 token is refreshed and the request re-sent once: not a retry, since
-        # nothing ran; a static key cannot be refreshed and its 401 is final.
         sent = self._guarded(self.auth.header)
         resp = self._guarded(open_, self.request(method, path, ctx, sent, body, headers))
         refreshed = False
-        if resp.status == 401 and self.auth.on_unauthorized(sent):
+        if self.resend(resp.status, sent):
             complete(resp)  # read and release the refused answer's connection
             sent = self._guarded(self.auth.header)
             resp = self._guarded(open_, self.request(method, path, ctx, sent, body, headers))
@@ -149,10 +187,71 @@ class Exchange:
         try:
             return fn(*args)
         except DifyError as err:
-            masked = mask(err, self.auth.secrets())
-            if masked is err:
+            masked = self.masked(err)
+            if masked is None:
                 raise
         raise masked  # outside the handler, so the unmasked error is not kept as its context
 
 
-__all__ = ["Exchange", "mask", "read_all"]
+class AsyncExchange(ExchangeRules):
+    """:class:`Exchange` on an event loop: the same flow and rules, awaited.
+
+    An OAuth2 token fetch is a sync HTTP call: it runs in a worker thread when the cached token
+    is missing or due for refresh (rare), never on the loop.
+    """
+
+    def __init__(self, transport: AsyncTransport, base_url: str, auth: DifyAuth, **kw: Any) -> None:
+        super().__init__(base_url, auth, **kw)
+        self.transport = transport
+        cached = getattr(auth, "cached_header", None)
+        self._cached_header: Callable[[], str | None] | None = cached if callable(cached) else None
+
+    async def send(
+        self, method: str, path: str, ctx: CallContext, *, body: Body = None, headers: Headers = None
+    ) -> Response:
+        return await self._exchange(self.transport.send, _acomplete, method, path, ctx, body, headers)
+
+    async def stream(
+        self, method: str, path: str, ctx: CallContext, *, body: Body = None, headers: Headers = None
+    ) -> AsyncStreamedResponse:
+        return await self._exchange(self.transport.stream, aread_all, method, path, ctx, body, headers)
+
+    async def _exchange(
+        self,
+        open_: Callable[[Request], Awaitable[A]],
+        complete: Callable[[A], Awaitable[Response]],
+        method: str,
+        path: str,
+        ctx: CallContext,
+        body: Body,
+        headers: Headers,
+    ) -> A:
+        sent = await self._guarded(self._header())
+        resp = await self._guarded(open_(self.request(method, path, ctx, sent, body, headers)))
+        refreshed = False
+        if self.resend(resp.status, sent):
+            await complete(resp)
+            sent = await self._guarded(self._header())
+            resp = await self._guarded(open_(self.request(method, path, ctx, sent, body, headers)))
+            refreshed = True
+        if resp.status >= 300:
+            raise self.failure(await complete(resp), ctx, refreshed=refreshed)
+        return resp
+
+    async def _header(self) -> str:
+        if isinstance(self.auth, ApiKeyAuth):
+            return self.auth.header()
+        header = self._cached_header() if self._cached_header is not None else None
+        return header if header is not None else await asyncio.to_thread(self.auth.header)
+
+    async def _guarded(self, pending: Awaitable[T]) -> T:
+        try:
+            return await pending
+        except DifyError as err:
+            masked = self.masked(err)
+            if masked is None:
+                raise
+        raise masked
+
+
+__all__ = ["AsyncExchange", "Exchange", "ExchangeRules", "aread_all", "mask", "read_all"]

@@ -150,6 +150,14 @@ class OAuth2ClientCredentials:
             self._announce(current.value)
         return current.value
 
+    def cached_header(self) -> str | None:
+        """The header from a cached, announced token not yet due for refresh; None: call
+        :meth:`header` (which may fetch). Lets an event loop skip a thread hop per request."""
+        current = _cache.get(self._key)
+        if current is None or current.value is not self._announced or time.monotonic() >= current.refresh_at:
+            return None
+        return "Bearer " + current.value
+
     def seconds_left(self) -> float | None:
         """How long the cached token stays valid (None: none cached); for diagnostics."""
         current = _cache.get(self._key)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import tenacity
 from tenacity import RetryCallState
@@ -60,17 +60,38 @@ class RetryPolicy:
         """
         return _controller(self, label)
 
+    def async_retrying(self, label: str) -> tenacity.AsyncRetrying:
+        """The asyncio twin of :meth:`retrying`: the same strategies, built once and shared.
+
+        Use it by calling it (``await controller(fn)``), never with ``async for``: a call keeps its
+        run's state in its own ``RetryCallState``, and tenacity's per-thread ``iter_state`` is only
+        used inside ``iter()``, which never suspends with our (sync) strategies, so coroutines
+        interleaving on one loop cannot see each other's state. ``async for`` keeps the run on
+        the controller itself.
+        """
+        return _async_controller(self, label)
+
+
+def _strategies(policy: RetryPolicy, label: str) -> dict[str, Any]:
+    """One policy's tenacity strategies, for the sync and the asyncio controller alike."""
+    return {
+        "retry": retry_if_retryable(policy.resend_maybe_billed),
+        "wait": wait_retry_after_or_backoff(policy.initial_wait, policy.max_wait),
+        "stop": tenacity.stop_after_attempt(policy.max_attempts)
+        | tenacity.stop_before_delay(policy.max_elapsed),
+        "before_sleep": log_retry(label, policy.max_attempts),
+        "reraise": True,
+    }
+
 
 @functools.lru_cache(maxsize=256)
 def _controller(policy: RetryPolicy, label: str) -> tenacity.Retrying:
-    return tenacity.Retrying(
-        retry=retry_if_retryable(policy.resend_maybe_billed),
-        wait=wait_retry_after_or_backoff(policy.initial_wait, policy.max_wait),
-        stop=tenacity.stop_after_attempt(policy.max_attempts)
-        | tenacity.stop_before_delay(policy.max_elapsed),
-        before_sleep=log_retry(label, policy.max_attempts),
-        reraise=True,
-    )
+    return tenacity.Retrying(**_strategies(policy, label))
+
+
+@functools.lru_cache(maxsize=256)
+def _async_controller(policy: RetryPolicy, label: str) -> tenacity.AsyncRetrying:
+    return tenacity.AsyncRetrying(**_strategies(policy, label))
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)
@@ -141,3 +162,21 @@ def call_with_retries(policy: RetryPolicy, label: str, fn: Callable[[], T]) -> T
                 # A new error per counted attempt; its cause is the original cause, not a chain of copies.
                 raise err.evolve(attempts=number) from err.__cause__
     raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+
+async def acall_with_retries(policy: RetryPolicy, label: str, fn: Callable[[], Awaitable[T]]) -> T:
+    """:func:`call_with_retries` for a coroutine function, on the shared asyncio controller."""
+    number = 0
+
+    async def attempt() -> T:
+        nonlocal number
+        number += 1
+        try:
+            return await fn()
+        except DifyError as err:
+            if err.attempts == number:
+                raise
+            raise err.evolve(attempts=number) from err.__cause__
+
+    result: T = await policy.async_retrying(label)(attempt)
+    return result

@@ -17,13 +17,23 @@ from airflow_dify.client.models import DifyResult
 from airflow_dify.client.responses import CallContext, error_for_status
 
 
-def iter_lines(chunks: Iterable[bytes]) -> Iterator[str]:
-    """Split raw bytes into lines on ``\\n``, ``\\r\\n`` or ``\\r``, even across chunk boundaries."""
-    buf = b""
-    for chunk in chunks:
+class LineSplitter:
+    """Push-style line splitting on ``\\n``, ``\\r\\n`` or ``\\r``, even across chunk boundaries.
+
+    Push-style so the sync reader (an iterator of chunks) and the asyncio one (chunks awaited on
+    the loop) feed the same parser.
+    """
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
         if not chunk:
-            continue
-        buf += chunk
+            return []
+        buf = self._buf + chunk
+        lines: list[str] = []
         # A trailing "\r" may be the first half of "\r\n": keep it until the next chunk.
         while True:
             cut = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
@@ -36,32 +46,73 @@ def iter_lines(chunks: Iterable[bytes]) -> Iterator[str]:
                 buf = buf[idx_r + skip :]
             else:
                 line, buf = buf[:idx_n], buf[idx_n + 1 :]
-            yield line.decode("utf-8", errors="replace")
-    if buf:
-        yield buf.rstrip(b"\r").decode("utf-8", errors="replace")
+            lines.append(line.decode("utf-8", errors="replace"))
+        self._buf = buf
+        return lines
+
+    def end(self) -> list[str]:
+        buf, self._buf = self._buf, b""
+        return [buf.rstrip(b"\r").decode("utf-8", errors="replace")] if buf else []
+
+
+class EventDecoder:
+    """Push-style SSE decoding: bytes in, each ``data:`` payload out as a dict.
+
+    Pings, comments and other fields are skipped; a last event without its blank line still counts.
+    """
+
+    __slots__ = ("_lines", "_data", "_name")
+
+    def __init__(self) -> None:
+        self._lines = LineSplitter()
+        self._data: list[str] = []
+        self._name = ""
+
+    def feed(self, chunk: bytes) -> Iterator[dict[str, Any]]:
+        """The events ``chunk`` completes, decoded one at a time as they are taken: an event
+        before a malformed one is handled before the malformed one raises."""
+        return self._events(self._lines.feed(chunk))
+
+    def end(self) -> Iterator[dict[str, Any]]:
+        yield from self._events(self._lines.end())
+        if self._data:
+            data, name = self._data, self._name
+            self._data, self._name = [], ""
+            yield _decode(data, name)
+
+    def _events(self, lines: list[str]) -> Iterator[dict[str, Any]]:
+        for line in lines:
+            if not line:
+                data, name = self._data, self._name
+                self._data, self._name = [], ""
+                if data:
+                    yield _decode(data, name)
+                continue
+            if line.startswith(":"):
+                continue
+            field, _, value = line.partition(":")
+            if value.startswith(" "):
+                value = value[1:]
+            if field == "data":
+                self._data.append(value)
+            elif field == "event":
+                self._name = value
+
+
+def iter_lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """Split raw bytes into lines (see :class:`LineSplitter`)."""
+    splitter = LineSplitter()
+    for chunk in chunks:
+        yield from splitter.feed(chunk)
+    yield from splitter.end()
 
 
 def iter_events(chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
-    """Yield each ``data:`` payload as a dict; pings, comments and other fields are skipped."""
-    data: list[str] = []
-    name = ""
-    for line in iter_lines(chunks):
-        if not line:
-            if data:
-                yield _decode(data, name)
-            data, name = [], ""
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if field == "data":
-            data.append(value)
-        elif field == "event":
-            name = value
-    if data:  # a last event without its blank line still counts
-        yield _decode(data, name)
+    """Yield each ``data:`` payload as a dict (see :class:`EventDecoder`)."""
+    decoder = EventDecoder()
+    for chunk in chunks:
+        yield from decoder.feed(chunk)
+    yield from decoder.end()
 
 
 def _decode(data: list[str], name: str) -> dict[str, Any]:

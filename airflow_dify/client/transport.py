@@ -1,15 +1,16 @@
 """The transport boundary: a request value in, a response value (or a stream) out.
 
 Everything above it (auth, retries, status mapping, SSE parsing) works on these plain values, so
-a transport can be swapped without touching that code: the urllib3 one today, an asyncio one
-with the same shapes later, a stub in tests. A transport never follows redirects and reports
+a transport can be swapped without touching that code: the urllib3 one for the hook, the Test
+button and ``doctor``; the aiohttp one (:class:`AsyncTransport`) for the asyncio batch engine;
+a stub in tests. A transport never follows redirects and reports
 every failure as the :class:`~airflow_dify.client.errors.DifyError` the table in
 :mod:`airflow_dify.client.failures` gives for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -86,4 +87,47 @@ class Transport(Protocol):
         """Close every pooled connection."""
 
 
-__all__ = ["USER_AGENT", "Request", "Response", "StreamedResponse", "Timeout", "Transport", "as_timeout"]
+class AsyncStreamedResponse(Protocol):
+    """:class:`StreamedResponse` on an event loop: the body is awaited; always ``close()`` it."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Case-insensitive."""
+
+    def aiter_bytes(self) -> AsyncGenerator[bytes, None]:
+        """Body bytes as soon as they arrive (not in fixed-size blocks)."""
+
+    async def read(self) -> bytes:
+        """The rest of the body."""
+
+    def close(self) -> None:
+        """Give the connection back (kept alive only when the body was read to its end)."""
+
+
+class AsyncTransport(Protocol):
+    """:class:`Transport` for coroutines on one event loop; the same values and failure table."""
+
+    async def send(self, request: Request) -> Response:
+        """One exchange, body preloaded; 3xx answers are returned, not followed."""
+
+    async def stream(self, request: Request) -> AsyncStreamedResponse:
+        """One exchange whose body is read through the returned stream."""
+
+    async def close(self) -> None:
+        """Close every pooled connection (on the loop that used them)."""
+
+
+__all__ = [
+    "USER_AGENT",
+    "AsyncStreamedResponse",
+    "AsyncTransport",
+    "Request",
+    "Response",
+    "StreamedResponse",
+    "Timeout",
+    "Transport",
+    "as_timeout",
+]

@@ -8,6 +8,7 @@ spend from the same budget as first attempts.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass
 from typing import Protocol
@@ -80,6 +81,34 @@ def derive_pool_key(base_url: str, credential: str) -> str:
     return f"dify:{digest[:24]}"
 
 
+async def acquire_permit(pool: RateLimitPool, tokens: int = 0, *, timeout: float | None = None) -> Permit:
+    """``pool.acquire`` for a coroutine: the pool's own ``acquire_async`` (memory, SQLite, Redis),
+    else the sync acquire in a worker thread (a pool from elsewhere, a test double)."""
+    own = getattr(pool, "acquire_async", None)
+    if own is not None:
+        permit: Permit = await own(tokens, timeout=timeout)
+        return permit
+    return await asyncio.to_thread(pool.acquire, tokens, timeout=timeout)
+
+
+async def settle_permit(permit: Permit, actual_tokens: int | None = None) -> None:
+    """``permit.settle`` without blocking the loop on a store round trip (SQLite, Redis)."""
+    own = getattr(permit, "settle_async", None)
+    if own is not None:
+        await own(actual_tokens)
+    else:
+        permit.settle(actual_tokens)
+
+
+async def report_throttled(pool: RateLimitPool) -> None:
+    """``pool.throttled`` without blocking the loop on a store round trip."""
+    own = getattr(pool, "throttled_async", None)
+    if own is not None:
+        await own()
+    else:
+        pool.throttled()
+
+
 class _NullPermit:
     __slots__ = ()
 
@@ -96,6 +125,9 @@ class UnlimitedPool:
         self.settings = settings or PoolSettings(key="unlimited")
 
     def acquire(self, tokens: int = 0, *, timeout: float | None = None) -> Permit:
+        return self._PERMIT
+
+    async def acquire_async(self, tokens: int = 0, *, timeout: float | None = None) -> Permit:
         return self._PERMIT
 
     def throttled(self) -> None:

@@ -6,6 +6,8 @@ two operators or two engines in the same worker cannot double the rate between t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -25,6 +27,21 @@ class _Shared:
         self.slots: dict[str, float] = {}  # slot id -> lease expiry
         self.generation = 0  # bumped on every release so a waiter cannot miss a wake-up
         self.ids = itertools.count(1)
+        #: Coroutines waiting for a slot, each woken on its own loop (releases come from any thread).
+        self.async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def wake_all(self) -> None:
+        """Under ``cond``: wake every waiting thread and coroutine."""
+        self.cond.notify_all()
+        waiters, self.async_waiters = self.async_waiters, []
+        for loop, future in waiters:
+            with contextlib.suppress(RuntimeError):  # its loop closed meanwhile: nobody waits
+                loop.call_soon_threadsafe(_resolve, future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 _REGISTRY: dict[str, _Shared] = {}
@@ -48,7 +65,6 @@ class MemoryPool(ReservingPool):
         self, settings: PoolSettings, *, clock: Clock | None = None, sleep: Sleep | None = None
     ) -> None:
         super().__init__(settings, clock=clock or time.monotonic, sleep=sleep or time.sleep)
-        self._injected_sleep = sleep is not None
         self._sh = _shared(settings.key)
 
     def _expire(self, now: float) -> None:
@@ -82,13 +98,35 @@ class MemoryPool(ReservingPool):
             if self._sh.generation == busy.mark:  # nothing released since we looked
                 self._sh.cond.wait(seconds)
 
+    async def _wait_for_slot_async(self, busy: Busy, seconds: float) -> None:
+        """Wait on the loop (no thread, no polling) until a release or ``seconds``."""
+        if self._injected_sleep:
+            self._sleep(seconds)
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        sh = self._sh
+        with sh.cond:
+            if sh.generation != busy.mark:  # released since we looked
+                return
+            sh.async_waiters.append((loop, future))
+        try:
+            await asyncio.wait_for(future, seconds)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            if not future.done():
+                with sh.cond:
+                    if (loop, future) in sh.async_waiters:
+                        sh.async_waiters.remove((loop, future))
+
     def _release(self, slot_id: str | None, token_delta: int) -> None:
         sh = self._sh
         with sh.cond:
             correct_tokens(sh.state, self.rates, self._clock(), token_delta)
             if slot_id is not None and sh.slots.pop(slot_id, None) is not None:
                 sh.generation += 1
-                sh.cond.notify_all()
+                sh.wake_all()
 
     def _penalise(self) -> float:
         with self._sh.cond:

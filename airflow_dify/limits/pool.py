@@ -12,11 +12,14 @@ HTTP timeout plus the longest expected rate wait).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any
 
 from airflow_dify.limits.base import PoolSettings, PoolTimeout
 from airflow_dify.limits.gcra import Rates
@@ -42,6 +45,11 @@ class Busy:
     mark: object = None
 
 
+#: What the acquire steps ask their driver to do: ("grant", tokens, max_wait), ("slot", busy,
+#: seconds) or ("sleep", seconds); the driver sends back the grant's outcome (else None).
+Step = tuple[Any, ...]
+
+
 def poll_delay(limit: float) -> float:
     """A short jittered poll (5-30 ms) for cross-process slot waits, so waiters don't wake in lock-step."""
     return min(limit, random.uniform(0.005, 0.03))
@@ -60,6 +68,8 @@ class ReservingPool:
         self.rates = Rates.from_settings(settings)
         self._clock = clock
         self._sleep = sleep
+        #: A test's fake clock moves only through its own sleep: the coroutine path uses it too.
+        self._injected_sleep = sleep is not time.sleep
         # A pause this process learnt of (its own throttled() calls): callers that reserved before
         # it still honour it after their sleep, without another store round trip.
         self._local_penalty_until = -math.inf
@@ -85,13 +95,28 @@ class ReservingPool:
         """Wait up to ``seconds`` for a slot to free up (backends poll or use a condition)."""
         self._sleep(seconds)
 
+    # -- the same store operations for coroutines; backends with I/O override them ---------------
+    async def _try_grant_async(self, tokens: int, max_wait: float) -> Grant | Busy | None:
+        return self._try_grant(tokens, max_wait)
+
+    async def _release_async(self, slot_id: str | None, token_delta: int) -> None:
+        self._release(slot_id, token_delta)
+
+    async def _penalise_async(self) -> float:
+        return self._penalise()
+
+    async def _wait_for_slot_async(self, busy: Busy, seconds: float) -> None:
+        await asyncio.sleep(poll_delay(seconds))
+
     # -- RateLimitPool -------------------------------------------------------------------------
-    def acquire(self, tokens: int = 0, *, timeout: float | None = None) -> Permit:
+    def _acquire_steps(self, tokens: int, timeout: float | None) -> Generator[Step, Any, Permit]:
+        """The acquire algorithm once, for the thread and the coroutine drivers: it yields what to
+        do (grant, wait for a slot, sleep) and gets each grant's outcome back."""
         charged = self.rates.clamp(tokens)
         now = self._clock()
         deadline = math.inf if timeout is None else now + max(timeout, 0.0)
         while True:
-            outcome = self._try_grant(charged, deadline - now)
+            outcome = yield ("grant", charged, deadline - now)
             if outcome is None:
                 raise PoolTimeout(f"no permit within {timeout} s: the rate budget is booked beyond it")
             if isinstance(outcome, Grant):
@@ -99,21 +124,75 @@ class ReservingPool:
             now = self._clock()
             if now >= deadline:
                 raise PoolTimeout(f"no concurrency slot free within {timeout} s")
-            self._wait_for_slot(outcome, max(0.0, min(outcome.retry_in, deadline - now)))
+            yield ("slot", outcome, max(0.0, min(outcome.retry_in, deadline - now)))
             now = self._clock()
         start = self._clock() + outcome.wait
         if outcome.wait > 0:
-            self._sleep(outcome.wait)
+            yield ("sleep", outcome.wait)
         late = self._known_penalty_until() - max(self._clock(), start)
         if late > 0:
             late = min(late, PENALTY_MAX)
-            self._sleep(late)
+            yield ("sleep", late)
             start += late
         return Permit(self, outcome.slot_id, charged, start)
+
+    def acquire(self, tokens: int = 0, *, timeout: float | None = None) -> Permit:
+        steps = self._acquire_steps(tokens, timeout)
+        reply: Any = None
+        while True:
+            try:
+                step = steps.send(reply)
+            except StopIteration as done:
+                return done.value
+            reply = None
+            if step[0] == "grant":
+                reply = self._try_grant(step[1], step[2])
+            elif step[0] == "slot":
+                self._wait_for_slot(step[1], step[2])
+            else:
+                self._sleep(step[1])
+
+    async def acquire_async(self, tokens: int = 0, *, timeout: float | None = None) -> Permit:
+        """:meth:`acquire` for a coroutine: waits without blocking the loop or taking a thread.
+
+        Cancelled after its slot was granted (the caller's task was cancelled while waiting for
+        its reserved start), it gives the slot back rather than leaving it to its lease.
+        """
+        steps = self._acquire_steps(tokens, timeout)
+        reply: Any = None
+        granted: Grant | None = None
+        try:
+            while True:
+                try:
+                    step = steps.send(reply)
+                except StopIteration as done:
+                    granted = None  # the permit owns the slot now
+                    return done.value
+                reply = None
+                if step[0] == "grant":
+                    reply = await self._try_grant_async(step[1], step[2])
+                    granted = reply if isinstance(reply, Grant) else None
+                elif step[0] == "slot":
+                    await self._wait_for_slot_async(step[1], step[2])
+                elif self._injected_sleep:
+                    self._sleep(step[1])  # a fake clock moves only through its sleep
+                else:
+                    await asyncio.sleep(step[1])
+        finally:
+            if granted is not None and granted.slot_id is not None:
+                await self._release_async(granted.slot_id, 0)
 
     def throttled(self) -> None:
         remaining = self._penalise()
         self._local_penalty_until = max(self._local_penalty_until, self._clock() + remaining)
+
+    async def throttled_async(self) -> None:
+        remaining = await self._penalise_async()
+        self._local_penalty_until = max(self._local_penalty_until, self._clock() + remaining)
+
+    async def aclose(self) -> None:
+        """Close what the coroutine path opened on the running loop (Redis' asyncio client)."""
+        return None
 
     def close(self) -> None:
         return None
@@ -153,14 +232,25 @@ class Permit:
     def settled(self) -> bool:
         return self._once.locked()
 
-    def settle(self, actual_tokens: int | None = None) -> None:
+    def _claim(self, actual_tokens: int | None) -> int | None:
+        """The token correction to release with, or None: already settled, or nothing to do."""
         if not self._once.acquire(blocking=False):
-            return
+            return None
         delta = 0
         if actual_tokens is not None and self._pool.rates.token_interval is not None:
             delta = max(int(actual_tokens), 0) - self.tokens
-        if self._slot_id is not None or delta:
+        return delta if self._slot_id is not None or delta else None
+
+    def settle(self, actual_tokens: int | None = None) -> None:
+        delta = self._claim(actual_tokens)
+        if delta is not None:
             self._pool._release(self._slot_id, delta)
+
+    async def settle_async(self, actual_tokens: int | None = None) -> None:
+        """:meth:`settle` for a coroutine: the store round trip does not block the loop."""
+        delta = self._claim(actual_tokens)
+        if delta is not None:
+            await self._pool._release_async(self._slot_id, delta)
 
     def __enter__(self) -> Permit:
         return self

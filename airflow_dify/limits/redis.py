@@ -10,13 +10,17 @@ decide what to do, no silent unlimited fallback).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
 from importlib import resources
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis as redis_py
+import redis.asyncio as redis_async
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
@@ -55,8 +59,15 @@ class RedisPool(ReservingPool):
         super().__init__(settings, clock=clock or time.monotonic, sleep=sleep or time.sleep)
         self._fixed_clock = clock is not None
         self._where = _where(url)
+        self._url = url
+        self._common: dict[str, Any] = {
+            "socket_connect_timeout": CONNECT_TIMEOUT_S,
+            "socket_timeout": SOCKET_TIMEOUT_S,
+        }
+        common = self._common
+        # The coroutine path's client, bound to the loop that first used it (redis.asyncio's rule).
+        self._async: tuple[asyncio.AbstractEventLoop, redis_async.Redis, Any] | None = None
         self._keys = list(redis_keys(settings.key))
-        common = {"socket_connect_timeout": CONNECT_TIMEOUT_S, "socket_timeout": SOCKET_TIMEOUT_S}
         try:
             # Probe without retries so an unreachable server fails in ~CONNECT_TIMEOUT_S, not N times.
             probe = redis_py.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **common)
@@ -73,21 +84,37 @@ class RedisPool(ReservingPool):
             ) from None
         self._script = self._client.register_script(_LUA)
 
-    def _call(self, op: str, *args: str | int | float) -> list[str]:
-        now = repr(self._clock()) if self._fixed_clock else ""
-        try:
-            reply = self._script(keys=self._keys, args=[op, now, *args])
-        except redis_py.RedisError as exc:
-            raise PoolError(
-                f"rate_limit_backend redis at {self._where}: {type(exc).__name__}: {exc}"
-            ) from None
-        return [v.decode() if isinstance(v, bytes) else str(v) for v in reply]
+    def _args(self, op: str, *args: str | int | float) -> list[str | int | float]:
+        return [op, repr(self._clock()) if self._fixed_clock else "", *args]
 
-    def _try_grant(self, tokens: int, max_wait: float) -> Grant | Busy | None:
+    def _failed(self, exc: Exception) -> PoolError:
+        return PoolError(f"rate_limit_backend redis at {self._where}: {type(exc).__name__}: {exc}")
+
+    def _call(self, op: str, *args: str | int | float) -> list[str]:
+        try:
+            reply = self._script(keys=self._keys, args=self._args(op, *args))
+        except redis_py.RedisError as exc:
+            raise self._failed(exc) from None
+        return _decoded(reply)
+
+    async def _call_async(self, op: str, *args: str | int | float) -> list[str]:
+        """The same script call on ``redis.asyncio``: one round trip, the loop keeps running."""
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            client = redis_async.Redis.from_url(
+                self._url, retry=AsyncRetry(ExponentialBackoff(cap=0.2, base=0.02), 2), **self._common
+            )
+            self._async = (loop, client, client.register_script(_LUA))
+        try:
+            reply = await self._async[2](keys=self._keys, args=self._args(op, *args))
+        except redis_py.RedisError as exc:
+            raise self._failed(exc) from None
+        return _decoded(reply)
+
+    def _grant_args(self, tokens: int, max_wait: float) -> tuple[str, list[str | int | float]]:
         r, cap = self.rates, self.settings.max_concurrency
         slot_id = uuid.uuid4().hex if cap is not None else ""
-        status, value = self._call(
-            "grant",
+        return slot_id, [
             repr(r.request_interval or 0.0),
             repr(r.token_interval or 0.0),
             repr(r.token_burst),
@@ -96,21 +123,51 @@ class RedisPool(ReservingPool):
             cap or 0,
             repr(float(self.settings.lease_seconds)),
             slot_id,
-        )
-        if status == "busy":
-            return Busy(float(value))
-        if status == "late":
-            return None
-        return Grant(slot_id or None, float(value))
+        ]
+
+    def _try_grant(self, tokens: int, max_wait: float) -> Grant | Busy | None:
+        slot_id, args = self._grant_args(tokens, max_wait)
+        return _outcome(slot_id, self._call("grant", *args))
+
+    async def _try_grant_async(self, tokens: int, max_wait: float) -> Grant | Busy | None:
+        slot_id, args = self._grant_args(tokens, max_wait)
+        return _outcome(slot_id, await self._call_async("grant", *args))
+
+    def _settle_args(self, slot_id: str | None, token_delta: int) -> list[str | int | float]:
+        return [slot_id or "", repr(self.rates.token_interval or 0.0), token_delta]
 
     def _release(self, slot_id: str | None, token_delta: int) -> None:
-        self._call("settle", slot_id or "", repr(self.rates.token_interval or 0.0), token_delta)
+        self._call("settle", *self._settle_args(slot_id, token_delta))
+
+    async def _release_async(self, slot_id: str | None, token_delta: int) -> None:
+        await self._call_async("settle", *self._settle_args(slot_id, token_delta))
 
     def _penalise(self) -> float:
         return float(self._call("throttle", PENALTY_FIRST, PENALTY_MAX, PENALTY_QUIET)[1])
 
+    async def _penalise_async(self) -> float:
+        return float((await self._call_async("throttle", PENALTY_FIRST, PENALTY_MAX, PENALTY_QUIET))[1])
+
     def _wait_for_slot(self, busy: Busy, seconds: float) -> None:
         self._sleep(poll_delay(seconds))
 
+    async def aclose(self) -> None:
+        held, self._async = self._async, None
+        if held is not None:
+            await held[1].aclose()
+
     def close(self) -> None:
         self._client.close()
+
+
+def _decoded(reply: Any) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in reply]
+
+
+def _outcome(slot_id: str, reply: list[str]) -> Grant | Busy | None:
+    status, value = reply
+    if status == "busy":
+        return Busy(float(value))
+    if status == "late":
+        return None
+    return Grant(slot_id or None, float(value))

@@ -10,6 +10,7 @@ over NFS is unreliable. Times are ``time.time()``, comparable across processes.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import threading
@@ -163,6 +164,17 @@ class SqlitePool(ReservingPool):
 
     def _wait_for_slot(self, busy: Busy, seconds: float) -> None:
         self._sleep(poll_delay(seconds))
+
+    # A grant is one short local transaction: run it in a worker thread (with that thread's own
+    # connection) so the loop never waits on the file lock; the waits in between stay on the loop.
+    async def _try_grant_async(self, tokens: int, max_wait: float) -> Grant | Busy | None:
+        return await asyncio.to_thread(self._try_grant, tokens, max_wait)
+
+    async def _release_async(self, slot_id: str | None, token_delta: int) -> None:
+        await asyncio.to_thread(self._release, slot_id, token_delta)
+
+    async def _penalise_async(self) -> float:
+        return await asyncio.to_thread(self._penalise)
 
     def close(self) -> None:
         with self._conns_lock:

@@ -21,6 +21,12 @@ PRICE_FIELDS = (
 )
 
 
+@pytest.fixture
+def client_engine(both_engines: str) -> str:
+    """Every test here runs on the sync client and on the asyncio one (driven from this thread)."""
+    return both_engines
+
+
 def _last(fake: FakeDify, path: str):
     return [r for r in fake.requests if r.path == path][-1]
 

@@ -19,7 +19,6 @@ import airflow_dify.client.errors as errors_module
 from airflow_dify.client import (
     NO_RETRY,
     DifyBadRequestError,
-    DifyClient,
     DifyError,
     DifyRunFailedError,
     DifyServerError,
@@ -30,7 +29,7 @@ from airflow_dify.client import (
 )
 from airflow_dify.client.models import DifyResult
 from airflow_dify.testing import FakeDify, Fault
-from tests.client.client_helpers import FAST
+from tests.client.client_helpers import FAST, client_class
 from tests.client.servers import RawServer, answer, read_request
 
 ERROR_CLASSES = [
@@ -38,6 +37,12 @@ ERROR_CLASSES = [
     for _, cls in inspect.getmembers(errors_module, inspect.isclass)
     if issubclass(cls, DifyError) and cls.__module__ == errors_module.__name__
 ]
+
+
+@pytest.fixture
+def client_engine(both_engines: str) -> str:
+    """The client tests here run on the sync client and on the asyncio one."""
+    return both_engines
 
 
 @pytest.mark.parametrize("cls", ERROR_CLASSES, ids=lambda c: c.__name__)
@@ -139,14 +144,17 @@ def test_no_error_is_patched_after_it_was_made(sealed: list[str], fake_dify: Fak
     assert timed_out.value.attempts == 2 and timed_out.value.maybe_billed
 
 
-def test_echoed_secrets_are_masked_in_a_new_error(sealed: list[str], fake_dify: FakeDify) -> None:
+@pytest.mark.parametrize("call", ["info", "chat"])
+def test_echoed_secrets_are_masked_in_a_new_error(
+    sealed: list[str], fake_dify: FakeDify, client_engine: str, call: str
+) -> None:
     key = fake_dify.app("chat").key
     with (
         RawServer(_echo_key) as server,
-        DifyClient(server.url, key, retry=NO_RETRY) as client,
+        client_class(client_engine)(server.url, key, retry=NO_RETRY) as client,
         pytest.raises(DifyBadRequestError) as info,
     ):
-        client.info()
+        client.info() if call == "info" else client.chat("q", user="u")
     err, chain = info.value, []
     cur: BaseException | None = err
     while cur is not None:
@@ -156,16 +164,19 @@ def test_echoed_secrets_are_masked_in_a_new_error(sealed: list[str], fake_dify: 
     assert all(key not in text for text in chain)
 
 
-def test_oauth2_refresh_message_and_token_timeout(sealed: list[str], fake_dify: FakeDify) -> None:
+def test_oauth2_refresh_message_and_token_timeout(
+    sealed: list[str], fake_dify: FakeDify, client_engine: str
+) -> None:
+    Client = client_class(client_engine)  # noqa: N806 - a class, or its async-driven twin
     fake_dify.add_oauth_client("cid", "client-secret-0123456789", app_mode="chat")
     auth = OAuth2ClientCredentials(
         fake_dify.token_url, "cid", "client-secret-0123456789", on_token=lambda t: fake_dify.revoke_tokens()
     )
-    with DifyClient(fake_dify.url, auth, retry=FAST) as client, pytest.raises(DifyError) as info:
-        client.info()
+    with Client(fake_dify.url, auth, retry=FAST) as client, pytest.raises(DifyError) as info:
+        client.chat("q", user="u")
     assert info.value.message.endswith("(still refused after refreshing the OAuth2 token once)")
     fake_dify.faults.add(Fault("token_slow", delay=1.0))
     slow = OAuth2ClientCredentials(fake_dify.token_url, "cid", "client-secret-0123456789", timeout=(2, 0.2))
-    with DifyClient(fake_dify.url, slow, retry=NO_RETRY) as client, pytest.raises(DifyTransportError) as info:
-        client.info()
+    with Client(fake_dify.url, slow, retry=NO_RETRY) as client, pytest.raises(DifyTransportError) as info:
+        client.chat("q", user="u")
     assert info.value.code == "token_timeout"

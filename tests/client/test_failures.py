@@ -9,8 +9,11 @@ from __future__ import annotations
 import socket
 import ssl
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 import urllib3.exceptions as u3
 from urllib3.connection import HTTPConnection
@@ -22,9 +25,9 @@ from airflow_dify.client import (
     DifyTimeoutError,
     DifyTransportError,
 )
+from airflow_dify.client.aiohttp_transport import AIOHTTP_ROWS
 from airflow_dify.client.failures import transport_error
 from airflow_dify.client.transport import Request
-from airflow_dify.client.urllib3_transport import Urllib3Transport
 from tests.client.servers import RawServer, answer, closed_port, read_request, reset, self_signed, server_tls
 
 WHERE = "chat-messages at test"
@@ -36,15 +39,21 @@ def _request(url: str, timeout: tuple[float, float] = (2.0, 2.0)) -> Request:
     )
 
 
-def _failure(url: str, *, verify: bool = True, timeout: tuple[float, float] = (2.0, 2.0)) -> DifyError:
-    transport = Urllib3Transport(verify_ssl=verify)
-    try:
+Fail = Callable[..., DifyError]
+
+
+@pytest.fixture
+def failure(make_transport: Callable[..., Any]) -> Fail:
+    """``failure(url, verify=, timeout=)``: what each transport raises for one request to ``url``."""
+
+    def fail(url: str, *, verify: bool = True, timeout: tuple[float, float] = (2.0, 2.0)) -> DifyError:
+        transport = make_transport(verify_ssl=verify)
         with pytest.raises(DifyError) as info:
             transport.send(_request(url, timeout))
-    finally:
-        transport.close()
-    assert WHERE in info.value.message
-    return info.value
+        assert WHERE in info.value.message
+        return info.value
+
+    return fail
 
 
 def _assert(err: DifyError, cls: type[DifyError], code: str, *, billed: bool, retryable: bool = True) -> None:
@@ -65,13 +74,13 @@ def no_env_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # -- before the request was sent ------------------------------------------------------------------
-def test_refused_is_cannot_connect() -> None:
-    err = _failure(f"http://127.0.0.1:{closed_port()}/v1")
+def test_refused_is_cannot_connect(failure: Fail) -> None:
+    err = failure(f"http://127.0.0.1:{closed_port()}/v1")
     _assert(err, DifyTransportError, "connection_error", billed=False)
     assert "cannot connect" in err.message
 
 
-def test_connect_timeout() -> None:
+def test_connect_timeout(failure: Fail) -> None:
     """A listener whose accept queue is full drops new SYNs: the connect itself times out."""
     listener = socket.create_server(("127.0.0.1", 0), backlog=0)
     port = listener.getsockname()[1]
@@ -82,7 +91,7 @@ def test_connect_timeout() -> None:
             filler.setblocking(False)
             filler.connect_ex(("127.0.0.1", port))
             fillers.append(filler)
-        err = _failure(f"http://127.0.0.1:{port}/v1", timeout=(0.3, 2.0))
+        err = failure(f"http://127.0.0.1:{port}/v1", timeout=(0.3, 2.0))
     finally:
         for filler in fillers:
             filler.close()
@@ -91,52 +100,52 @@ def test_connect_timeout() -> None:
     assert "connection timed out" in err.message
 
 
-def test_unreachable_proxy(monkeypatch: pytest.MonkeyPatch, no_env_proxy: None) -> None:
+def test_unreachable_proxy(monkeypatch: pytest.MonkeyPatch, no_env_proxy: None, failure: Fail) -> None:
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port()}")
-    err = _failure("http://127.0.0.1:9/v1")
+    err = failure("http://127.0.0.1:9/v1")
     _assert(err, DifyTransportError, "connection_error", billed=False)
     assert "through the proxy" in err.message and "NO_PROXY" in err.message
 
 
-def test_untrusted_certificate_is_a_terminal_tls_error(tls_files: tuple[Path, Path]) -> None:
+def test_untrusted_certificate_is_a_terminal_tls_error(tls_files: tuple[Path, Path], failure: Fail) -> None:
     with RawServer(lambda c: c.sendall(answer(200, b"{}")), tls=server_tls(*tls_files)) as server:
-        err = _failure(server.url)
+        err = failure(server.url)
     _assert(err, DifyTransportError, "tls_error", billed=False, retryable=False)
     assert "verify_ssl" in err.message and "CERTIFICATE_VERIFY_FAILED" in err.message
 
 
-def test_tls_to_a_plain_http_port() -> None:
+def test_tls_to_a_plain_http_port(failure: Fail) -> None:
     with RawServer(lambda c: c.sendall(answer(400, b"plain http"))) as server:
-        err = _failure(server.url.replace("http://", "https://"))
+        err = failure(server.url.replace("http://", "https://"))
     _assert(err, DifyTransportError, "tls_error", billed=False, retryable=False)
 
 
-def test_unparseable_url_is_a_config_error() -> None:
-    err = _failure("http://127.0.0.1:99999/v1")
+def test_unparseable_url_is_a_config_error(failure: Fail) -> None:
+    err = failure("http://127.0.0.1:99999/v1")
     assert type(err) is DifyConfigError and "invalid URL" in err.message
 
 
 # -- after the request was sent: maybe billed -----------------------------------------------------
-def test_stall_past_the_read_timeout() -> None:
+def test_stall_past_the_read_timeout(failure: Fail) -> None:
     def stall(conn: socket.socket) -> None:
         read_request(conn)
         server.stop_event.wait(5)
 
     with RawServer(stall) as server:
-        err = _failure(server.url, timeout=(2.0, 0.3))
+        err = failure(server.url, timeout=(2.0, 0.3))
     _assert(err, DifyTimeoutError, "timeout", billed=True)
     assert "read timeout" in err.message
 
 
 @pytest.mark.parametrize("how", ["rst", "close"])
-def test_connection_dropped_after_the_request(how: str) -> None:
+def test_connection_dropped_after_the_request(how: str, failure: Fail) -> None:
     def drop(conn: socket.socket) -> None:
         read_request(conn)
         if how == "rst":
             reset(conn)
 
     with RawServer(drop) as server:
-        err = _failure(server.url)
+        err = failure(server.url)
     _assert(err, DifyTransportError, "connection_reset", billed=True)
     assert "after the request was sent" in err.message
 
@@ -149,18 +158,18 @@ def test_connection_dropped_after_the_request(how: str) -> None:
     ],
     ids=["cut-short", "bad-gzip"],
 )
-def test_body_broken(reply: bytes) -> None:
+def test_body_broken(reply: bytes, failure: Fail) -> None:
     def serve(conn: socket.socket) -> None:
         read_request(conn)
         conn.sendall(reply)
 
     with RawServer(serve) as server:
-        err = _failure(server.url)
+        err = failure(server.url)
     _assert(err, DifyResponseError, "malformed_response", billed=True)
     assert "body broke off" in err.message
 
 
-def test_stream_cut_mid_body_fails_while_reading() -> None:
+def test_stream_cut_mid_body_fails_while_reading(make_transport: Callable[..., Any]) -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
     event = b'data: {"event": "message"}\n\n'
 
@@ -169,14 +178,13 @@ def test_stream_cut_mid_body_fails_while_reading() -> None:
         conn.sendall(head + b"%x\r\n%s\r\n" % (len(event), event))
         reset(conn)
 
-    transport = Urllib3Transport()
+    transport = make_transport()
     with RawServer(serve) as server:
         stream = transport.stream(_request(server.url))
         chunks: list[bytes] = []
         with pytest.raises(DifyError) as info:
             chunks.extend(stream.iter_bytes())
         stream.close()
-    transport.close()
     assert stream.status == 200 and b"".join(chunks) in (b"", event)
     assert info.value.maybe_billed and info.value.retryable
     assert info.value.code in ("connection_reset", "malformed_response")
@@ -223,3 +231,19 @@ def test_outermost_known_cause_wins() -> None:
     except u3.ReadTimeoutError as exc:
         err = transport_error(exc, WHERE)
     assert isinstance(err, DifyTimeoutError) and err.maybe_billed
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "billed"),
+    [
+        (aiohttp.ServerDisconnectedError(), "connection_reset", True),
+        (aiohttp.ClientPayloadError("Response payload is not completed"), "malformed_response", True),
+        (aiohttp.ClientOSError(104, "Connection reset by peer"), "connection_reset", True),
+        (aiohttp.SocketTimeoutError("Timeout on reading data from socket"), "timeout", True),
+        (aiohttp.ConnectionTimeoutError("Connection timeout to host"), "connect_timeout", False),
+    ],
+)
+def test_aiohttp_table_rows(exc: BaseException, code: str, billed: bool) -> None:
+    """aiohttp's classes a loopback server does not produce reliably; mapped like urllib3's."""
+    err = transport_error(exc, WHERE, AIOHTTP_ROWS)
+    assert (err.code, err.maybe_billed) == (code, billed)

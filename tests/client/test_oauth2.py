@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ from airflow_dify.client import (
 from airflow_dify.client.transport import Request, Response, StreamedResponse
 from airflow_dify.client.urllib3_transport import Urllib3Transport
 from airflow_dify.testing import FakeDify, Fault
-from tests.client.client_helpers import FAST
+from tests.client.client_helpers import FAST, client_class
 
 SECRET = "s3cr3t-Client-Secret-0123456789"
 
@@ -41,16 +42,22 @@ def _auth(fake: FakeDify, **kwargs) -> OAuth2ClientCredentials:
     return OAuth2ClientCredentials(fake.token_url, "batch-client", kwargs.pop("secret", SECRET), **kwargs)
 
 
+@pytest.fixture(params=["sync", "async"])
+def Client(request: pytest.FixtureRequest) -> Any:  # noqa: N802 - stands for a client class
+    """DifyClient, or its asyncio twin driven from the test: generation calls behave the same."""
+    return client_class(request.param)
+
+
 @pytest.fixture
 def oauth_fake(fake_dify: FakeDify) -> FakeDify:
     fake_dify.add_oauth_client("batch-client", SECRET, app_mode="chat")
     return fake_dify
 
 
-def test_one_token_for_50_calls_from_8_threads(oauth_fake: FakeDify) -> None:
+def test_one_token_for_50_calls_from_8_threads(oauth_fake: FakeDify, Client: Any) -> None:  # noqa: N803
     seen = TokenLog()
     auth = _auth(oauth_fake, on_token=seen)
-    with DifyClient(oauth_fake.url, auth, retry=FAST) as client, ThreadPoolExecutor(8) as pool:
+    with Client(oauth_fake.url, auth, retry=FAST) as client, ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda i: client.chat(f"q{i}", user="u").answer, range(50)))
     assert answers == [f"Answer: q{i}" for i in range(50)]
     assert oauth_fake.token_requests == 1
@@ -91,8 +98,8 @@ def test_refreshed_after_expiry() -> None:
         assert all(r.status == 200 for r in fake.requests)  # refreshed ahead: no 401 was needed
 
 
-def test_refreshed_once_after_401_without_consuming_a_retry(oauth_fake: FakeDify) -> None:
-    with DifyClient(oauth_fake.url, _auth(oauth_fake), retry=NO_RETRY) as client:
+def test_refreshed_once_after_401_without_consuming_a_retry(oauth_fake: FakeDify, Client: Any) -> None:  # noqa: N803
+    with Client(oauth_fake.url, _auth(oauth_fake), retry=NO_RETRY) as client:
         client.chat("a", user="u")
         oauth_fake.revoke_tokens()
         assert client.chat("b", user="u").answer == "Answer: b"  # max_attempts=1, still fine
@@ -100,8 +107,8 @@ def test_refreshed_once_after_401_without_consuming_a_retry(oauth_fake: FakeDify
     assert [r.status for r in oauth_fake.requests] == [200, 401, 200]
 
 
-def test_eight_threads_seeing_401_cause_one_refresh(oauth_fake: FakeDify) -> None:
-    with DifyClient(oauth_fake.url, _auth(oauth_fake), retry=FAST) as client:
+def test_eight_threads_seeing_401_cause_one_refresh(oauth_fake: FakeDify, Client: Any) -> None:  # noqa: N803
+    with Client(oauth_fake.url, _auth(oauth_fake), retry=FAST) as client:
         client.info()
         oauth_fake.revoke_tokens()
         barrier = threading.Barrier(8)
@@ -115,10 +122,10 @@ def test_eight_threads_seeing_401_cause_one_refresh(oauth_fake: FakeDify) -> Non
     assert oauth_fake.token_requests == 2
 
 
-def test_second_401_after_refresh_is_final(oauth_fake: FakeDify) -> None:
+def test_second_401_after_refresh_is_final(oauth_fake: FakeDify, Client: Any) -> None:  # noqa: N803
     # Every token is revoked as soon as it is issued: the gateway keeps refusing it.
     auth = _auth(oauth_fake, on_token=lambda token: oauth_fake.revoke_tokens())
-    with DifyClient(oauth_fake.url, auth, retry=FAST) as client, pytest.raises(DifyAuthError) as info:
+    with Client(oauth_fake.url, auth, retry=FAST) as client, pytest.raises(DifyAuthError) as info:
         client.chat("q", user="u")
     assert "after refreshing the OAuth2 token once" in info.value.message
     assert "OAuth2 access token was refused" in info.value.message

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from airflow_dify.client import DifyServerError, RetryPolicy
-from airflow_dify.client.retry import call_with_retries
+from airflow_dify.client.retry import acall_with_retries, call_with_retries
 
 POLICY = RetryPolicy(max_attempts=3, initial_wait=0.0, max_wait=0.0)
 
@@ -73,3 +74,35 @@ def test_threads_share_one_controller() -> None:
 
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(run, range(8))) == [3, 2] * 4
+
+
+def test_async_controller_is_built_once_and_shares_the_strategies() -> None:
+    controller = POLICY.async_retrying("chat")
+    assert controller is POLICY.async_retrying("chat") and controller is not POLICY.async_retrying("info")
+    sync = POLICY.retrying("chat")
+    assert type(controller.retry) is type(sync.retry) and type(controller.wait) is type(sync.wait)
+
+
+def test_coroutines_interleaving_on_one_loop_share_one_controller() -> None:
+    """64 calls on one loop, each suspending inside every attempt and between them (back-off),
+    keep their own attempt counts: the shared AsyncRetrying holds no per-call state."""
+    policy = RetryPolicy(max_attempts=3, initial_wait=0.001, max_wait=0.002)
+
+    async def one(i: int) -> int:
+        made: list[DifyServerError] = []
+
+        async def fn() -> str:
+            await asyncio.sleep(0.001 * (i % 3))  # interleave attempts of different calls
+            return _failing(made, 1 if i % 2 else 5)()
+
+        try:
+            await acall_with_retries(policy, "chat", fn)
+        except DifyServerError as err:
+            assert err.message == "fail 3"
+            return err.attempts
+        return len(made) + 1
+
+    async def run_all() -> list[int]:
+        return list(await asyncio.gather(*(one(i) for i in range(64))))
+
+    assert asyncio.run(run_all()) == [3, 2] * 32

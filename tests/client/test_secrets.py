@@ -6,8 +6,9 @@ import logging
 
 import pytest
 
-from airflow_dify.client import DifyClient, DifyError, OAuth2ClientCredentials, RetryPolicy
+from airflow_dify.client import DifyError, OAuth2ClientCredentials, RetryPolicy
 from airflow_dify.testing import FakeDify, Fault
+from tests.client.client_helpers import client_class
 
 SECRET = "Cl1ent-Secret-Never-Logged-42"
 POLICY = RetryPolicy(max_attempts=3, initial_wait=0.01, max_wait=0.02)
@@ -22,7 +23,9 @@ def _texts(err: BaseException) -> list[str]:
     return out
 
 
-def test_no_secret_anywhere(fake_dify: FakeDify, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("engine", ["sync", "async"])
+def test_no_secret_anywhere(fake_dify: FakeDify, caplog: pytest.LogCaptureFixture, engine: str) -> None:
+    DifyClient = client_class(engine)  # noqa: N806 - the class, or its async-driven twin
     caplog.set_level(logging.DEBUG)
     key = fake_dify.app("chat").key
     tokens: list[str] = []
@@ -58,7 +61,7 @@ def test_no_secret_anywhere(fake_dify: FakeDify, caplog: pytest.LogCaptureFixtur
     texts += [repr(auth), repr(oauth)]
     oauth.info()
     fake_dify.revoke_tokens()
-    oauth.info()  # 401 -> refresh -> resend
+    oauth.chat("q", user="u")  # 401 -> refresh -> resend, on the client under test
     attempt(
         lambda: DifyClient(
             fake_dify.url, OAuth2ClientCredentials(fake_dify.token_url, "cid", "wrong-" + SECRET)

@@ -18,6 +18,12 @@ from airflow_dify.testing import FakeDify, Fault
 CTX = CallContext("http://127.0.0.1/v1", "chat-messages")
 
 
+@pytest.fixture
+def client_engine(both_engines: str) -> str:
+    """Every test here runs on the sync client and on the asyncio one (driven from this thread)."""
+    return both_engines
+
+
 def _usage_fields(result) -> dict:
     usage = result.usage.__dict__.copy()
     usage.pop("latency")

@@ -1,22 +1,27 @@
-"""Urllib3Transport against real loopback servers: pooling, redirects, TLS, encodings, streaming."""
+"""Both transports against real loopback servers: redirects, TLS, encodings, streaming.
+
+Tests taking ``make_transport`` run once per transport (urllib3, aiohttp): the contract is shared.
+"""
 
 from __future__ import annotations
 
 import gzip
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from airflow_dify.client import DifyClient, DifyConfigError
 from airflow_dify.client.transport import USER_AGENT, Request
-from airflow_dify.client.urllib3_transport import Urllib3Transport
 from airflow_dify.testing import FakeDify
 from tests.client.client_helpers import FAST
 from tests.client.servers import Handle, RawServer, answer, read_request, self_signed, server_tls
+from tests.client.transports import SyncDriven
 
 
 def _get(url: str, **headers: str) -> Request:
@@ -24,10 +29,8 @@ def _get(url: str, **headers: str) -> Request:
 
 
 @pytest.fixture
-def transport() -> Iterator[Urllib3Transport]:
-    t = Urllib3Transport(pool_size=2)
-    yield t
-    t.close()
+def transport(make_transport: Callable[..., Any]) -> Any:
+    return make_transport(pool_size=2)
 
 
 def keep_alive(heads: list[bytes], reply: bytes, accepted: list[int] | None = None) -> Handle:
@@ -65,7 +68,7 @@ def test_keep_alive_connections_are_reused_and_bounded_by_pool_size() -> None:
         client.close()
 
 
-def test_redirects_are_returned_not_followed(transport: Urllib3Transport) -> None:
+def test_redirects_are_returned_not_followed(transport: Any) -> None:
     heads: list[bytes] = []
     reply = answer(302, b"", Location="http://127.0.0.1:9/elsewhere")
     with RawServer(keep_alive(heads, reply)) as server:
@@ -77,21 +80,20 @@ def test_redirects_are_returned_not_followed(transport: Urllib3Transport) -> Non
     assert len(heads) == 2  # nothing went to the Location
 
 
-def test_headers_sent_and_gzip_decoded(transport: Urllib3Transport, fake_dify: FakeDify) -> None:
+def test_headers_sent_and_gzip_decoded(transport: Any, fake_dify: FakeDify) -> None:
     heads: list[bytes] = []
     packed = gzip.compress(b'{"name": "zipped"}')
     reply = answer(200, packed, Content_Type="application/json", Content_Encoding="gzip")
     with RawServer(keep_alive(heads, reply)) as server:
-        client = DifyClient(server.url, fake_dify.app("chat").key, retry=FAST)
+        client = DifyClient(server.url, fake_dify.app("chat").key, retry=FAST, transport=transport)
         assert client.info().name == "zipped"
-        client.close()
     head = heads[0].decode().lower()
     assert "accept-encoding: gzip, deflate\r\n" in head
     assert f"user-agent: {USER_AGENT}\r\n".lower() in head
     assert "authorization: bearer app-" in head and head.startswith("get /v1/info http/1.1")
 
 
-def test_stream_yields_bytes_as_they_arrive(transport: Urllib3Transport) -> None:
+def test_stream_yields_bytes_as_they_arrive(transport: Any) -> None:
     first_read = threading.Event()
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
@@ -115,7 +117,7 @@ def test_stream_yields_bytes_as_they_arrive(transport: Urllib3Transport) -> None
     assert parts[0] == b"data: 1\n\n"
 
 
-def test_a_stream_read_to_its_end_gives_its_connection_back(transport: Urllib3Transport) -> None:
+def test_a_stream_read_to_its_end_gives_its_connection_back(transport: Any) -> None:
     heads: list[bytes] = []
     accepted: list[int] = []
     body = b"data: 1\n\n" * 100_000  # more than one read
@@ -129,37 +131,38 @@ def test_a_stream_read_to_its_end_gives_its_connection_back(transport: Urllib3Tr
         stream = transport.stream(_get(url))
         next(stream.iter_bytes())  # left unread: the connection cannot carry another request
         stream.close()
-        assert transport.send(_get(url)).body == body
-        assert len(accepted) == 2 and len(heads) == 4
+        assert transport.send(_get(url)).body == body  # nothing left over reached this answer
+        # aiohttp had the whole body buffered before close(): that connection was clean to reuse.
+        assert len(accepted) == 2 or isinstance(transport, SyncDriven)
+        assert len(heads) == 4
 
 
 def test_tls_verify_off_and_ca_bundle_from_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_transport: Callable[..., Any]
 ) -> None:
     cert, key = self_signed(tmp_path)
     with RawServer(
         lambda c: (read_request(c), c.sendall(answer(200, b"ok"))), tls=server_tls(cert, key)
     ) as srv:
         url = srv.url + "/info"
-        insecure = Urllib3Transport(verify_ssl=False)
-        with pytest.warns(Warning, match="Unverified HTTPS request"):
+        insecure = make_transport(verify_ssl=False)
+        warns = make_transport.kind == "urllib3"  # type: ignore[attr-defined]
+        with pytest.warns(Warning, match="Unverified HTTPS request") if warns else nullcontext():
             assert insecure.send(_get(url)).body == b"ok"
-        insecure.close()
         for name, other in (
             ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"),
             ("CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE"),
         ):
             monkeypatch.delenv(other, raising=False)
             monkeypatch.setenv(name, str(cert))
-            trusted = Urllib3Transport()
+            trusted = make_transport()
             assert trusted.send(_get(url)).body == b"ok", name
-            trusted.close()
             monkeypatch.delenv(name)
 
 
-def test_missing_ca_bundle_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_ca_bundle_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_transport: Callable[..., Any]
+) -> None:
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "absent.pem"))
-    transport = Urllib3Transport()
     with pytest.raises(DifyConfigError, match="REQUESTS_CA_BUNDLE"):
-        transport.send(_get("https://127.0.0.1:9/v1/info"))
-    transport.close()
+        make_transport().send(_get("https://127.0.0.1:9/v1/info"))

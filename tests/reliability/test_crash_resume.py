@@ -82,8 +82,6 @@ def test_sigkill_mid_run_then_resume(tmp_path: Path, commit_rows: int, commit_se
         bound = CONCURRENCY + commit_rows - 1
         assert summary.crash_bound == bound
         assert duplicates <= bound, f"{duplicates} requests repeated after the crash (bound {bound})"
-        if commit_rows > 1:  # 30 rows saved in groups of 10: the groups were really held back
-            assert answered_at_kill % commit_rows == 0, answered_at_kill
         print(f"killed at {answered_at_kill}/{N} saved rows; {duplicates} request(s) repeated on resume")
         for row in rows.values():
             assert asked.count(row["prompt"]) <= 2
