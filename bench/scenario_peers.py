@@ -140,7 +140,7 @@ def _ratios(s: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         x, y = s.get(a, {}).get(key), s.get(b, {}).get(key)
         return ratio(x, y) if x is not None and y else None
 
-    return {
+    ratios = {
         "project_vs_tuned_cpu_per_row": rel("project", "tuned", "cpu_us_per_row"),
         "project_vs_cookbook_cpu_per_row": rel("project", "cookbook", "cpu_us_per_row"),
         "project_vs_tuned_rows_per_second": rel("project", "tuned", "rows_per_second"),
@@ -153,6 +153,9 @@ def _ratios(s: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         "project_asyncio_vs_project_peak_rss": rel("project_asyncio", "project", "peak_rss_mb"),
         "project_asyncio_vs_project_threads": rel("project_asyncio", "project", "threads_peak"),
     }
+    if "project_asyncio" not in s:  # not asked for in this run: no ratio, not a None one
+        ratios = {k: v for k, v in ratios.items() if not k.startswith("project_asyncio")}
+    return ratios
 
 
 def peers(cfg: BenchConfig) -> dict[str, Any]:
