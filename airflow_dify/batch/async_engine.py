@@ -9,11 +9,9 @@ which writes to SQL) does not change. 1,024 calls at once are 1,024 coroutines, 
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
 import logging
-import threading
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from airflow_dify.batch.engine import BoundedCalls, StopSignal
@@ -51,23 +49,36 @@ class AsyncCallPool(BoundedCalls[T]):
         self._call = call
         self._on_close = on_close
         self._close_timeout = close_timeout
-        self._running: set[Future[RowOutcome | None]] = set()
-        self._running_lock = threading.Lock()  # done-callbacks run on the loop's thread
         self._loop = LoopThread("dify-engine")
+        # Touched on the loop's thread only: the running tasks, and those ended in this pass.
+        self._running: set[asyncio.Task[RowOutcome | None]] = set()
+        self._ended: list[asyncio.Task[RowOutcome | None]] = []
 
     async def _guarded(self, item: T) -> RowOutcome | None:
         return await self._call(item) if self._starts(item) else None
 
-    def _submit(self, item: T) -> Future[RowOutcome | None]:
-        future = self._loop.submit(self._guarded(item))
-        with self._running_lock:
-            self._running.add(future)
-        future.add_done_callback(self._ended)
-        return future
+    def _submit(self, items: list[T]) -> None:
+        # One hop onto the loop per fill, however many calls it starts.
+        self._loop.loop.call_soon_threadsafe(self._start, items)
 
-    def _ended(self, future: Future[RowOutcome | None]) -> None:
-        with self._running_lock:
-            self._running.discard(future)
+    def _start(self, items: list[T]) -> None:
+        create = self._loop.loop.create_task
+        for item in items:
+            task = create(self._guarded(item))
+            self._running.add(task)
+            task.add_done_callback(self._end)
+
+    def _end(self, task: asyncio.Task[RowOutcome | None]) -> None:
+        self._running.discard(task)
+        if not self._ended:
+            self._loop.loop.call_soon(self._hand_over)
+        self._ended.append(task)
+
+    def _hand_over(self) -> None:
+        """Every call ended in this pass of the loop, to ``wait`` at once: one wake-up."""
+        ended, self._ended = self._ended, []
+        if ended:
+            self._done.put(ended)
 
     def close(self) -> None:
         """Start nothing more; let running calls finish (their outcomes stay in the queue for
@@ -76,19 +87,24 @@ class AsyncCallPool(BoundedCalls[T]):
         self.stop.stop(self.stop.reason or "closed")
         if self._loop.loop.is_closed():
             return
-        with self._running_lock:
-            pending = set(self._running)
-        _, late = concurrent.futures.wait(pending, timeout=self._close_timeout)
-        if late:
-            log.warning("cancelling %d call(s) still running at close", len(late))
-            for future in late:
-                future.cancel()
-            concurrent.futures.wait(late, timeout=CANCEL_GRACE_SECONDS)
         try:
+            self._loop.run(self._settle())
             if self._on_close is not None:
                 self._loop.run(_quietly(self._on_close))
         finally:
             self._loop.close()
+
+    async def _settle(self) -> None:
+        """On the loop, after every start scheduled before close(): wait, then cancel the late."""
+        if self._running:
+            _, late = await asyncio.wait(set(self._running), timeout=self._close_timeout)
+            if late:
+                log.warning("cancelling %d call(s) still running at close", len(late))
+                for task in late:
+                    task.cancel()
+                await asyncio.wait(late, timeout=CANCEL_GRACE_SECONDS)
+        await asyncio.sleep(0)  # let the last done-callbacks run
+        self._hand_over()
 
 
 async def _quietly(closer: Callable[[], Awaitable[None]]) -> None:

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from itertools import chain
+from typing import Any, Generic, Protocol, TypeVar
 
 from airflow_dify.outcome import RowOutcome
 
 T = TypeVar("T")
+
+
+class Done(Protocol):
+    """A finished call as ``wait`` reads it: a concurrent future, or an asyncio task."""
+
+    def cancelled(self) -> bool: ...
+
+    def result(self) -> RowOutcome | None: ...
 
 
 class StopSignal:
@@ -58,7 +67,9 @@ class BoundedCalls(Generic[T]):
         self.max_concurrency = max_concurrency
         self.stop = stop or StopSignal()
         self._may_start = may_start
-        self._done: queue.SimpleQueue[Future[RowOutcome | None]] = queue.SimpleQueue()
+        # Completions, in batches: the thread engine puts one per call, the asyncio engine all
+        # those of one pass of its loop (one wake-up of the caller, not one per call).
+        self._done: queue.SimpleQueue[Sequence[Done]] = queue.SimpleQueue()
         self.outstanding = 0
         self.exhausted = False
 
@@ -71,19 +82,26 @@ class BoundedCalls(Generic[T]):
             return False
         return True
 
-    def _submit(self, item: T) -> Future[RowOutcome | None]:
+    def _submit(self, items: list[T]) -> None:
+        """Start the guarded calls of ``items``; each ends up on ``_done`` once it is over."""
         raise NotImplementedError
 
     def fill(self, items: Iterator[T]) -> None:
         """Submit items until ``max_concurrency`` are outstanding, the iterator ends, or we stop."""
-        while not self.exhausted and not self.stop.stopped and self.outstanding < self.max_concurrency:
+        taken: list[T] = []
+        while (
+            not self.exhausted
+            and not self.stop.stopped
+            and self.outstanding + len(taken) < self.max_concurrency
+        ):
             item = next(items, _END)
             if item is _END:
                 self.exhausted = True
-                return
-            future = self._submit(item)
-            future.add_done_callback(self._done.put)
-            self.outstanding += 1
+                break
+            taken.append(item)
+        if taken:
+            self.outstanding += len(taken)
+            self._submit(taken)
 
     @property
     def finished(self) -> bool:
@@ -93,15 +111,15 @@ class BoundedCalls(Generic[T]):
         """Block up to ``timeout`` for one completion, then take every completion already there."""
         outcomes: list[RowOutcome] = []
         try:
-            futures = [self._done.get(timeout=timeout)]
+            batches = [self._done.get(timeout=timeout)]
         except queue.Empty:
             return outcomes
         while True:
             try:
-                futures.append(self._done.get_nowait())
+                batches.append(self._done.get_nowait())
             except queue.Empty:
                 break
-        for future in futures:
+        for future in chain.from_iterable(batches):
             if future.cancelled():  # cancelled by close() before it could finish: nothing to save
                 self.outstanding -= 1
                 continue
@@ -142,8 +160,12 @@ class CallPool(BoundedCalls[T]):
     def _guarded(self, item: T) -> RowOutcome | None:
         return self._call(item) if self._starts(item) else None
 
-    def _submit(self, item: T) -> Future[RowOutcome | None]:
-        return self._executor.submit(self._guarded, item)
+    def _submit(self, items: list[T]) -> None:
+        for item in items:
+            self._executor.submit(self._guarded, item).add_done_callback(self._one_done)
+
+    def _one_done(self, future: Future[RowOutcome | None]) -> None:
+        self._done.put((future,))
 
     def close(self) -> None:
         self.stop.stop(self.stop.reason or "closed")

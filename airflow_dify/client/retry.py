@@ -7,15 +7,17 @@ are honoured. A request that may already have run is only re-sent when the polic
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import tenacity
-from tenacity import RetryCallState
+from tenacity import RetryAction, RetryCallState
 from tenacity.wait import wait_base
 
 from airflow_dify.client.errors import DifyError
@@ -165,18 +167,37 @@ def call_with_retries(policy: RetryPolicy, label: str, fn: Callable[[], T]) -> T
 
 
 async def acall_with_retries(policy: RetryPolicy, label: str, fn: Callable[[], Awaitable[T]]) -> T:
-    """:func:`call_with_retries` for a coroutine function, on the shared asyncio controller."""
-    number = 0
+    """:func:`call_with_retries` for a coroutine function, under the shared asyncio controller.
 
-    async def attempt() -> T:
-        nonlocal number
+    The first attempt runs bare: a success (nearly every call of a batch) costs no retry
+    bookkeeping. A failure is judged by the controller's own strategies in tenacity's order
+    (retry?, wait, stop?, before_sleep, sleep), on one ``RetryCallState`` timed from the first
+    attempt's start, so ``max_elapsed`` and the attempt count mean what they mean in the sync path.
+    """
+    controller = policy.async_retrying(label)
+    started = time.monotonic()
+    state: RetryCallState | None = None
+    number = 0
+    while True:
         number += 1
         try:
             return await fn()
         except DifyError as err:
-            if err.attempts == number:
-                raise
-            raise err.evolve(attempts=number) from err.__cause__
-
-    result: T = await policy.async_retrying(label)(attempt)
-    return result
+            failure = err if err.attempts == number else err.evolve(attempts=number)
+            cause = err.__cause__
+        if state is None:
+            state = RetryCallState(controller, fn, (), {})
+            state.start_time = started
+        state.attempt_number = number
+        state.set_exception((type(failure), failure, failure.__traceback__))
+        if not controller.retry(state):
+            raise failure from cause
+        state.upcoming_sleep = sleep = controller.wait(state)
+        if controller.stop(state):
+            raise failure from cause
+        state.next_action = RetryAction(sleep)
+        state.idle_for += sleep
+        if controller.before_sleep is not None:
+            controller.before_sleep(state)
+        await asyncio.sleep(sleep)
+        state.prepare_for_next_attempt()

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from airflow_dify.client import DifyServerError, RetryPolicy
+from airflow_dify.client.errors import DifyError, DifyTimeoutError
 from airflow_dify.client.retry import acall_with_retries, call_with_retries
 
 POLICY = RetryPolicy(max_attempts=3, initial_wait=0.0, max_wait=0.0)
@@ -106,3 +107,67 @@ def test_coroutines_interleaving_on_one_loop_share_one_controller() -> None:
         return list(await asyncio.gather(*(one(i) for i in range(64))))
 
     assert asyncio.run(run_all()) == [3, 2] * 32
+
+
+def _error(policy: RetryPolicy, n: int) -> DifyError:
+    """A plain server error, or (for a policy that keeps maybe-billed calls) a read timeout."""
+    return DifyServerError(f"f{n}") if policy.resend_maybe_billed else DifyTimeoutError(f"timeout {n}")
+
+
+@pytest.mark.parametrize(
+    "policy, fail_times, slow",
+    [
+        (POLICY, 0, 0.0),  # the bare first attempt succeeds
+        (POLICY, 2, 0.0),
+        (POLICY, 5, 0.0),  # stop after max_attempts
+        (RetryPolicy(max_attempts=9, initial_wait=0.0, max_wait=0.0, max_elapsed=0.05), 9, 0.03),
+        (RetryPolicy(max_attempts=3, initial_wait=0.0, max_wait=0.0, resend_maybe_billed=False), 5, 0.0),
+    ],
+    ids=["first-try", "two-failures", "exhausted", "max-elapsed-from-first-start", "maybe-billed-kept"],
+)
+def test_async_retries_decide_as_the_sync_controller_does(
+    policy: RetryPolicy, fail_times: int, slow: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The asyncio path runs its first attempt outside tenacity: attempts, stops (max_elapsed counts
+    the first attempt's time), what is not re-sent and the retry log must match the sync path."""
+    import time
+
+    def outcome(run: object) -> tuple[object, ...]:
+        caplog.clear()
+        try:
+            value = run()  # type: ignore[operator]
+        except DifyError as err:
+            made = (type(err).__name__, err.attempts, err.message)
+        else:
+            made = ("ok", value)
+        return (*made, [r.getMessage()[:30] for r in caplog.records])
+
+    def sync_run() -> str:
+        count = [0]
+
+        def fn() -> str:
+            time.sleep(slow)
+            count[0] += 1
+            if count[0] <= fail_times:
+                raise _error(policy, count[0])
+            return "ok"
+
+        return call_with_retries(policy, "chat", fn)
+
+    def async_run() -> str:
+        count = [0]
+
+        async def fn() -> str:
+            await asyncio.sleep(slow)
+            count[0] += 1
+            if count[0] <= fail_times:
+                raise _error(policy, count[0])
+            return "ok"
+
+        return asyncio.run(acall_with_retries(policy, "chat", fn))
+
+    caplog.set_level("WARNING", logger="airflow_dify.client")
+    expected = outcome(sync_run)
+    assert outcome(async_run) == expected
+    if fail_times and policy.max_elapsed < 1:
+        assert expected[1] == 2  # 0.03 s + 0.03 s passes 0.05 s: the stop counted the first attempt
