@@ -18,8 +18,9 @@ import time
 from typing import Any
 
 from airflow_dify.client.aiohttp_transport import AiohttpTransport
-from airflow_dify.client.auth import ApiKeyAuth, DifyAuth
+from airflow_dify.client.auth import DifyAuth
 from airflow_dify.client.client import READ_FAILURES, DifyClient
+from airflow_dify.client.core import ClientCore
 from airflow_dify.client.errors import DifyError, DifyRateLimitError, DifyStreamError
 from airflow_dify.client.exchange import AsyncExchange, aread_all
 from airflow_dify.client.generation import (
@@ -41,13 +42,10 @@ from airflow_dify.client.generation import (
 )
 from airflow_dify.client.models import DifyResult
 from airflow_dify.client.responses import CallContext, json_body
-from airflow_dify.client.retry import RetryPolicy, acall_with_retries
+from airflow_dify.client.retry import acall_with_retries
 from airflow_dify.client.streaming import EventDecoder
-from airflow_dify.client.transport import USER_AGENT, AsyncTransport
-from airflow_dify.client.urls import normalize_base_url
+from airflow_dify.client.transport import AsyncTransport
 from airflow_dify.limits.base import (
-    RateLimitPool,
-    UnlimitedPool,
     acquire_permit,
     report_throttled,
     settle_permit,
@@ -56,7 +54,7 @@ from airflow_dify.limits.base import (
 log = logging.getLogger("airflow_dify.client")
 
 
-class AsyncDifyClient:
+class AsyncDifyClient(ClientCore):
     """Generation calls to one Dify app as coroutines on one event loop.
 
     Takes :class:`~airflow_dify.client.client.DifyClient`'s parameters (see there); ``transport``
@@ -65,33 +63,15 @@ class AsyncDifyClient:
     """
 
     def __init__(
-        self,
-        base_url: str,
-        auth: DifyAuth | str,
-        *,
-        timeout: float | tuple[float, float] = (10.0, 300.0),
-        verify_ssl: bool = True,
-        pool_size: int = 16,
-        retry: RetryPolicy | None = None,
-        pool: RateLimitPool | None = None,
-        completion_token_estimate: int = 256,
-        user_agent: str | None = None,
-        stream_recovery_polls: int = 5,
-        stream_recovery_interval: float = 2.0,
-        transport: AsyncTransport | None = None,
+        self, base_url: str, auth: DifyAuth | str, *, transport: AsyncTransport | None = None, **settings: Any
     ) -> None:
-        self.auth: DifyAuth = ApiKeyAuth(auth) if isinstance(auth, str) or auth is None else auth
-        self.base_url = normalize_base_url(base_url)
-        self._transport = transport or AiohttpTransport(pool_size=pool_size, verify_ssl=verify_ssl)
-        self._exchange = AsyncExchange(
-            self._transport, self.base_url, self.auth, timeout=timeout, user_agent=user_agent or USER_AGENT
+        super().__init__(base_url, auth, **settings)
+        self._transport = transport or AiohttpTransport(
+            pool_size=self.settings["pool_size"], verify_ssl=self.settings["verify_ssl"]
         )
-        self.retry = retry or RetryPolicy()
-        self.pool: RateLimitPool = pool or UnlimitedPool()
-        self.completion_token_estimate = int(completion_token_estimate)
-        self.stream_recovery_polls = max(1, int(stream_recovery_polls))
-        self.stream_recovery_interval = float(stream_recovery_interval)
-        self._contexts: dict[str, CallContext] = {}
+        self._exchange = AsyncExchange(
+            self._transport, self.base_url, self.auth, timeout=self.timeout, user_agent=self.user_agent
+        )
 
     @classmethod
     def twin(
@@ -139,13 +119,6 @@ class AsyncDifyClient:
         return f"AsyncDifyClient(base_url={self.base_url!r}, auth={self.auth!r})"
 
     # -- internals ---------------------------------------------------------------------------------
-    def _ctx(self, endpoint: str, *, hint_base_url_on_404: bool = True) -> CallContext:
-        ctx = self._contexts.get(endpoint)
-        if ctx is None:
-            ctx = CallContext(self.base_url, endpoint, self.auth.kind, hint_base_url_on_404)
-            self._contexts[endpoint] = ctx
-        return ctx
-
     async def _run_body(self, run_id: str) -> dict[str, Any]:
         path = run_path(run_id)
         ctx = self._ctx(RUN_LOOKUP, hint_base_url_on_404=False)

@@ -13,7 +13,8 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode
 
-from airflow_dify.client.auth import ApiKeyAuth, DifyAuth
+from airflow_dify.client.auth import DifyAuth
+from airflow_dify.client.core import ClientCore
 from airflow_dify.client.errors import (
     DifyError,
     DifyRateLimitError,
@@ -48,10 +49,9 @@ from airflow_dify.client.models import AppInfo, DifyResult
 from airflow_dify.client.responses import CallContext, json_body
 from airflow_dify.client.retry import RetryPolicy, call_with_retries
 from airflow_dify.client.streaming import iter_events
-from airflow_dify.client.transport import USER_AGENT, Transport
+from airflow_dify.client.transport import Transport
 from airflow_dify.client.urllib3_transport import Urllib3Transport
-from airflow_dify.client.urls import normalize_base_url
-from airflow_dify.limits.base import RateLimitPool, UnlimitedPool
+from airflow_dify.limits.base import RateLimitPool
 
 log = logging.getLogger("airflow_dify.client")
 
@@ -59,7 +59,7 @@ log = logging.getLogger("airflow_dify.client")
 READ_FAILURES = (DifyTransportError, DifyResponseError)
 
 
-class DifyClient:
+class DifyClient(ClientCore):
     """Calls one Dify app's service API (chat, completion, workflow, info).
 
     :param base_url: the API base URL including ``/v1`` (e.g. ``https://api.dify.ai/v1``).
@@ -92,30 +92,23 @@ class DifyClient:
         stream_recovery_interval: float = 2.0,
         transport: Transport | None = None,
     ) -> None:
-        self.auth: DifyAuth = ApiKeyAuth(auth) if isinstance(auth, str) or auth is None else auth
-        self.base_url = normalize_base_url(base_url)
-        #: What the client was built with: its asyncio twin (``AsyncDifyClient.twin``) takes the same.
-        self.settings: dict[str, Any] = {
-            "timeout": timeout,
-            "verify_ssl": verify_ssl,
-            "pool_size": pool_size,
-            "retry": retry,
-            "pool": pool,
-            "completion_token_estimate": completion_token_estimate,
-            "user_agent": user_agent,
-            "stream_recovery_polls": stream_recovery_polls,
-            "stream_recovery_interval": stream_recovery_interval,
-        }
+        super().__init__(
+            base_url,
+            auth,
+            timeout=timeout,
+            verify_ssl=verify_ssl,
+            pool_size=pool_size,
+            retry=retry,
+            pool=pool,
+            completion_token_estimate=completion_token_estimate,
+            user_agent=user_agent,
+            stream_recovery_polls=stream_recovery_polls,
+            stream_recovery_interval=stream_recovery_interval,
+        )
         self._transport = transport or Urllib3Transport(pool_size=pool_size, verify_ssl=verify_ssl)
         self._exchange = Exchange(
-            self._transport, self.base_url, self.auth, timeout=timeout, user_agent=user_agent or USER_AGENT
+            self._transport, self.base_url, self.auth, timeout=timeout, user_agent=self.user_agent
         )
-        self.retry = retry or RetryPolicy()
-        self.pool: RateLimitPool = pool or UnlimitedPool()
-        self.completion_token_estimate = int(completion_token_estimate)
-        self.stream_recovery_polls = max(1, int(stream_recovery_polls))
-        self.stream_recovery_interval = float(stream_recovery_interval)
-        self._contexts: dict[str, CallContext] = {}
 
     # -- generation ------------------------------------------------------------------------------
     def chat(
@@ -235,12 +228,6 @@ class DifyClient:
         return run_record(self._get(path, self._ctx(RUN_LOOKUP, hint_base_url_on_404=False)), run_id)
 
     # -- internals ---------------------------------------------------------------------------------
-    def _ctx(self, endpoint: str, *, hint_base_url_on_404: bool = True) -> CallContext:
-        ctx = self._contexts.get(endpoint)
-        if ctx is None:
-            ctx = CallContext(self.base_url, endpoint, self.auth.kind, hint_base_url_on_404)
-            self._contexts[endpoint] = ctx
-        return ctx
 
     def _get(self, path: str, ctx: CallContext | None = None) -> dict[str, Any]:
         ctx = ctx or self._ctx(path.lstrip("/"))
