@@ -14,8 +14,8 @@ PEER_SCENARIOS = {
     "d": (0.05, 16, 6000),
 }
 PEERS = ("cookbook", "tuned", "project")
-#: Every client scenario "peers" can run: the project on the asyncio engine too (``--peers``).
-PEER_CLIENTS = (*PEERS, "project_asyncio")
+#: Every client scenario "peers" can run (``--peers``).
+PEER_CLIENTS = PEERS
 
 
 @dataclass(frozen=True)

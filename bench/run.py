@@ -401,9 +401,7 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, Path]:
     p.add_argument("--pool-rows", type=int)
     p.add_argument("--peer-scenarios", help="comma list of a, b, c, d (scenario peers)")
     p.add_argument("--peer-repeats", type=int, help="repetitions of every peer scenario")
-    p.add_argument(
-        "--peers", help="comma list of cookbook, tuned, project, project_asyncio (scenario peers' clients)"
-    )
+    p.add_argument("--peers", help="comma list of cookbook, tuned, project (scenario peers' clients)")
     p.add_argument("--server-repeats", type=int, help="repetitions of each FakeDify server's rate run")
     p.add_argument("--pool-backends", help="comma list of sqlite, redis")
     p.add_argument("--redis-url")

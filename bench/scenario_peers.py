@@ -58,7 +58,7 @@ def _prepare(
     the fake's CPU is metered."""
     work = work_dir()
     timeout = _timeout(rows, rate)
-    if name.startswith("project"):
+    if name == "project":
         db = make_prompt_table(work / f"peers_{scenario}.db", rows)
         spec = {
             "kind": "batch",
@@ -69,7 +69,6 @@ def _prepare(
             "pool_concurrency": concurrency,
             "rpm": rpm or None,
             "rss_interval": 1.0,
-            "engine": "asyncio" if name == "project_asyncio" else "threads",
         }
         return spec, "bench.worker", timeout
     results = work / f"peers_{scenario}_{name}_results.jsonl"
@@ -140,22 +139,14 @@ def _ratios(s: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         x, y = s.get(a, {}).get(key), s.get(b, {}).get(key)
         return ratio(x, y) if x is not None and y else None
 
-    ratios = {
+    return {
         "project_vs_tuned_cpu_per_row": rel("project", "tuned", "cpu_us_per_row"),
         "project_vs_cookbook_cpu_per_row": rel("project", "cookbook", "cpu_us_per_row"),
         "project_vs_tuned_rows_per_second": rel("project", "tuned", "rows_per_second"),
         "project_vs_cookbook_rows_per_second": rel("project", "cookbook", "rows_per_second"),
         "project_vs_tuned_peak_rss": rel("project", "tuned", "peak_rss_mb"),
         "project_vs_tuned_threads": rel("project", "tuned", "threads_peak"),
-        "project_asyncio_vs_project_cpu_per_row": rel("project_asyncio", "project", "cpu_us_per_row"),
-        "project_asyncio_vs_tuned_cpu_per_row": rel("project_asyncio", "tuned", "cpu_us_per_row"),
-        "project_asyncio_vs_project_rows_per_second": rel("project_asyncio", "project", "rows_per_second"),
-        "project_asyncio_vs_project_peak_rss": rel("project_asyncio", "project", "peak_rss_mb"),
-        "project_asyncio_vs_project_threads": rel("project_asyncio", "project", "threads_peak"),
     }
-    if "project_asyncio" not in s:  # not asked for in this run: no ratio, not a None one
-        ratios = {k: v for k, v in ratios.items() if not k.startswith("project_asyncio")}
-    return ratios
 
 
 def peers(cfg: BenchConfig) -> dict[str, Any]:

@@ -105,7 +105,6 @@ def open_batch(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
         shard=tuple(shard) if shard else None,
         progress_seconds=3600,
         **{k: spec[k] for k in ("commit_rows", "commit_seconds") if k in spec},
-        engine=spec.get("engine", "threads"),
     )
     return pool, client, table, options
 

@@ -81,23 +81,3 @@ def airflow_db(airflow_home: Path) -> Path:
         env=os.environ.copy(),
     )
     return airflow_home
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--engine",
-        choices=("options", "threads", "asyncio"),
-        default=os.environ.get("DIFY_TEST_ENGINE", "options"),
-        help="run every batch on this engine whatever its options say (default: as the options say)",
-    )
-
-
-@pytest.fixture(autouse=True)
-def _forced_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``--engine=asyncio``: every batch in this run takes the asyncio engine, so the existing
-    tests check it without a copy of each."""
-    engine = request.config.getoption("--engine")
-    if engine != "options":
-        import airflow_dify.batch.run as run
-
-        monkeypatch.setattr(run, "engine_for", lambda options: engine)

@@ -1,4 +1,4 @@
-"""The asyncio engine's client: the batch client's async twin, built from the same settings.
+"""The engine's client: the batch client's async twin, built from the same settings.
 
 A batch is handed one sync client (the hook built it from the connection: URL, auth, timeouts,
 TLS, pool, retry policy); pre-flight, file uploads and chat recovery keep using it. The engine's
@@ -15,6 +15,8 @@ from functools import partial
 from typing import Any
 
 from airflow_dify.batch.calls import SupportsAsyncCall, SupportsCall
+from airflow_dify.batch.errors import PreflightError
+from airflow_dify.client.aiohttp_transport import SOCKS_UNSUPPORTED, socks_proxy_for
 from airflow_dify.client.async_client import AsyncDifyClient
 from airflow_dify.client.client import DifyClient
 from airflow_dify.client.models import DifyResult
@@ -27,8 +29,8 @@ def async_client_for(client: SupportsCall, concurrency: int) -> tuple[SupportsAs
     """The async client for ``client`` and the coroutine that closes it (on the engine's loop).
 
     A :class:`DifyClient` gets its twin. Any other client (a test double, a wrapper someone wrote)
-    keeps working: its sync ``call`` runs on a thread pool of ``concurrency`` threads, which is
-    the thread engine's cost, so only DifyClient gets the asyncio engine's gains.
+    keeps working: its sync ``call`` runs on a thread pool of ``concurrency`` threads (a thread
+    per call in flight), so only DifyClient gets the event loop's gains.
     """
     if isinstance(client, DifyClient):
         twin = AsyncDifyClient.twin(client, pool_size=concurrency)
@@ -41,6 +43,12 @@ def async_client_for(client: SupportsCall, concurrency: int) -> tuple[SupportsAs
         return twin, close
     threaded = ThreadedCalls(client, concurrency)
     return threaded, threaded.aclose
+
+
+def check_transport(client: SupportsCall) -> None:
+    """Before pre-flight: what the engine's transport cannot do fails the run, not every row."""
+    if isinstance(client, DifyClient) and socks_proxy_for(client.base_url) is not None:
+        raise PreflightError(f"{SOCKS_UNSUPPORTED}; no row was called")
 
 
 async def _close_pool(pool: RateLimitPool) -> None:
@@ -65,4 +73,4 @@ class ThreadedCalls:
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
 
-__all__ = ["ThreadedCalls", "async_client_for"]
+__all__ = ["ThreadedCalls", "async_client_for", "check_transport"]

@@ -62,21 +62,9 @@ class BudgetGuard:
                 self.priced_calls += 1
 
     def wrap(
-        self, call_row: Callable[[Mapping[str, Any]], RowOutcome]
-    ) -> Callable[[Mapping[str, Any]], RowOutcome]:
-        """The row caller that reports each finished call's cost to this guard."""
-
-        def guarded(row: Mapping[str, Any]) -> RowOutcome:
-            outcome = call_row(row)
-            self.record(outcome)
-            return outcome
-
-        return guarded
-
-    def wrap_async(
         self, call_row: Callable[[Mapping[str, Any]], Awaitable[RowOutcome]]
     ) -> Callable[[Mapping[str, Any]], Awaitable[RowOutcome]]:
-        """:meth:`wrap` for the asyncio engine's row caller."""
+        """The row caller that reports each finished call's cost to this guard."""
 
         async def guarded(row: Mapping[str, Any]) -> RowOutcome:
             outcome = await call_row(row)

@@ -121,9 +121,8 @@ class Prepared:
 
 
 class RowCalls:
-    """Everything a row caller does around the generation call itself, for the thread and the
-    asyncio callers alike: build the prompt, attach files, turn results and errors into outcomes,
-    look a lost chat answer up. Only ``client.call`` (and whether it is awaited) differs.
+    """Everything the row caller does around the generation call itself: build the prompt,
+    attach files, turn results and errors into outcomes, look a lost chat answer up.
 
     :param lookups: the sync client for the rare I/O around a call (file uploads, chat recovery).
     """
@@ -245,41 +244,6 @@ class RowCalls:
         return outcome if prior is None else replace(outcome, prior_status=prior)
 
 
-def make_row_caller(
-    client: SupportsCall,
-    builder: PromptBuilder,
-    **options: Any,
-) -> Callable[[Mapping[str, Any]], RowOutcome]:
-    """The thread engine's row caller; ``options`` as :class:`RowCalls` takes them.
-
-    ``app_mode`` (Dify's own, e.g. ``agent-chat``) lets the client pick streaming where required;
-    ``workflow_id`` pins a published workflow version; ``outputs`` maps the answer to columns;
-    ``trace_prefix`` starts every call's X-Trace-Id (see :mod:`airflow_dify.batch.trace`);
-    ``user_per_row`` asks as ``<user>-<row>`` so a chat call that timed out is looked up, not
-    re-paid (see :mod:`airflow_dify.batch.recovery`); ``citations_column`` takes RAG citations;
-    ``files`` puts the row's file inputs in (uploaded once, before the call and its retries).
-    """
-    calls = RowCalls(client, builder, **options)
-
-    def call_row(row: Mapping[str, Any]) -> RowOutcome:
-        return calls.with_prior(row, call(row))
-
-    def call(row: Mapping[str, Any]) -> RowOutcome:
-        p = calls.prepare(row)
-        if isinstance(p, RowOutcome):
-            return p
-        started = time.time()
-        try:
-            result = client.call(calls.family, **calls.call_kwargs(p))
-        except DifyError as err:
-            return calls.failed(p, err, calls.recover(p, started) if calls.may_recover(err) else None)
-        except Exception as exc:
-            return calls.crashed(p, exc)
-        return calls.finish(p, result)
-
-    return call_row
-
-
 class SupportsAsyncCall(Protocol):
     async def call(
         self,
@@ -294,16 +258,22 @@ class SupportsAsyncCall(Protocol):
     ) -> DifyResult: ...
 
 
-def make_async_row_caller(
+def make_row_caller(
     client: SupportsAsyncCall,
     lookups: SupportsCall,
     builder: PromptBuilder,
     **options: Any,
 ) -> Callable[[Mapping[str, Any]], Awaitable[RowOutcome]]:
-    """The asyncio engine's row caller: :func:`make_row_caller` with the call awaited.
+    """The engine's row caller: one coroutine per row; ``options`` as :class:`RowCalls` takes them.
 
-    ``lookups`` is the sync client; file uploads and chat recovery (rare, and sync) run through it
-    in a worker thread, so the loop never blocks on them.
+    ``app_mode`` (Dify's own, e.g. ``agent-chat``) lets the client pick streaming where required;
+    ``workflow_id`` pins a published workflow version; ``outputs`` maps the answer to columns;
+    ``trace_prefix`` starts every call's X-Trace-Id (see :mod:`airflow_dify.batch.trace`);
+    ``user_per_row`` asks as ``<user>-<row>`` so a chat call that timed out is looked up, not
+    re-paid (see :mod:`airflow_dify.batch.recovery`); ``citations_column`` takes RAG citations;
+    ``files`` puts the row's file inputs in (uploaded once, before the call and its retries).
+    ``lookups`` is the sync client: file uploads and chat recovery (rare) run through it in a
+    worker thread, so the loop never blocks on them.
     """
     calls = RowCalls(lookups, builder, **options)
 
@@ -331,7 +301,6 @@ __all__ = [
     "FAILED",
     "Prepared",
     "RowCalls",
-    "make_async_row_caller",
     "make_row_caller",
     "outcome_from_error",
     "outcome_from_result",

@@ -24,8 +24,6 @@ DEFAULT_MAX_PROMPT_CHARS = 100_000
 #: Concurrency when neither the connection nor the caller sets one.
 DEFAULT_MAX_CONCURRENCY = 8
 RESPONSE_MODES = ("blocking", "streaming")
-#: How calls run: a thread each, or coroutines on one event loop (see batch/async_engine.py).
-ENGINES = ("threads", "asyncio")
 
 
 @dataclass(frozen=True)
@@ -82,8 +80,6 @@ class BatchOptions:
     :param commit_rows: answered rows written per transaction (at most; see batch/commits.py).
     :param commit_seconds: an answer waits at most this long for its commit. A crash loses at most
         ``max_concurrency + commit_rows - 1`` answered rows (the summary's ``crash_bound``).
-    :param engine: ``threads`` (a thread per call in flight) or ``asyncio`` (every call a coroutine
-        on one event loop: far less CPU and memory at high concurrency; opt-in for now).
     """
 
     app_mode: str | None = None
@@ -121,7 +117,6 @@ class BatchOptions:
     progress_seconds: float = 5.0
     commit_rows: int = DEFAULT_COMMIT_ROWS
     commit_seconds: float = DEFAULT_COMMIT_SECONDS
-    engine: str = "threads"
 
     def __post_init__(self) -> None:
         # Coerce the friendly forms callers pass (a mapping of renames, a price as text).
@@ -169,8 +164,6 @@ class BatchOptions:
                 raise ValueError(f"citations_column {self.citations_column!r} is also an output column")
         if self.trace_prefix is not None:
             check_prefix(self.trace_prefix)
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if not isinstance(self.user, str) or not self.user.strip():
             raise ValueError("user must be a non-empty end-user id, e.g. 'airflow-<dag_id>'")
 

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from functools import partial
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from itertools import chain
 from typing import Any, Protocol
 
-from airflow_dify.batch.async_engine import AsyncCallPool
-from airflow_dify.batch.async_twin import async_client_for
+from airflow_dify.batch.async_twin import async_client_for, check_transport
 from airflow_dify.batch.breaker import CircuitBreaker
 from airflow_dify.batch.budget import BudgetGuard
-from airflow_dify.batch.calls import SupportsCall, make_async_row_caller, make_row_caller
+from airflow_dify.batch.calls import SupportsCall, make_row_caller
 from airflow_dify.batch.commits import GroupCommit
-from airflow_dify.batch.engine import BoundedCalls, CallPool, StopSignal
+from airflow_dify.batch.engine import CallPool, StopSignal
 from airflow_dify.batch.errors import PreflightError
 from airflow_dify.batch.file_inputs import FileInputs
 from airflow_dify.batch.options import BatchOptions
@@ -32,7 +30,6 @@ from airflow_dify.batch.summary import BatchSummary, ProgressReporter
 from airflow_dify.outcome import RowOutcome
 
 log = logging.getLogger("airflow_dify.batch")
-RowCaller = Callable[[Mapping[str, Any]], RowOutcome]
 #: Dify modes whose published versions ``workflow_id`` can pin.
 VERSIONED_MODES = ("workflow", "advanced-chat")
 
@@ -92,6 +89,7 @@ def run_batch(
     bad settings and unusable tables raise before the first call.
     """
     logger = logger or log
+    check_transport(client)
     app, parameters = preflight_app(
         client, options.app_mode, options.input_columns, logger, file_columns=options.file_columns
     )
@@ -129,30 +127,18 @@ def run_batch(
         "files": files,
     }
     may_start = budget.may_start if budget.active else None
-    if engine_for(options) == "asyncio":
-        aclient, aclose = async_client_for(client, options.concurrency)
-        acall_row = make_async_row_caller(aclient, client, builder, **row_options)
-        summary = drive(
-            source,
-            sink,
-            budget.wrap_async(acall_row) if budget.active else acall_row,
-            options,
-            may_start=may_start,
-            stop=stop,
-            logger=logger,
-            open_calls=partial(AsyncCallPool, on_close=aclose),
-        )
-    else:
-        call_row = make_row_caller(client, builder, **row_options)
-        summary = drive(
-            source,
-            sink,
-            budget.wrap(call_row) if budget.active else call_row,
-            options,
-            may_start=may_start,
-            stop=stop,
-            logger=logger,
-        )
+    aclient, aclose = async_client_for(client, options.concurrency)
+    call_row = make_row_caller(aclient, client, builder, **row_options)
+    summary = drive(
+        source,
+        sink,
+        budget.wrap(call_row) if budget.active else call_row,
+        options,
+        may_start=may_start,
+        stop=stop,
+        logger=logger,
+        on_close=aclose,
+    )
     if summary.stopped == "budget":
         summary.stopped_reason = budget.reason
     summary.skipped_claimed = source.skipped_claimed
@@ -170,11 +156,6 @@ def run_batch(
     return summary
 
 
-def engine_for(options: BatchOptions) -> str:
-    """Which engine runs the calls (one place to ask, so a test run can force one)."""
-    return options.engine
-
-
 def drive(
     source: RowSource,
     sink: ResultSink,
@@ -184,12 +165,12 @@ def drive(
     may_start: Callable[[Mapping[str, Any]], bool] | None = None,
     stop: StopSignal | None = None,
     logger: Any = None,
-    open_calls: Callable[..., BoundedCalls[Mapping[str, Any]]] = CallPool,
+    on_close: Callable[[], Awaitable[None]] | None = None,
 ) -> BatchSummary:
     """The loop: keep the call pool full, hand completions to the group commit, flush when due.
 
-    ``call_row`` is what ``open_calls`` runs: a :data:`RowCaller` for the thread pool (default),
-    a coroutine function for :class:`~airflow_dify.batch.async_engine.AsyncCallPool`.
+    Runs on the caller's thread (every SQL read and write happens here); the calls run on the
+    pool's event loop. ``on_close`` is awaited there once the calls are over (close sessions).
     """
     logger = logger or log
     stop = stop or StopSignal()
@@ -198,7 +179,9 @@ def drive(
     logger.info("Selected %s row(s) to process (redo=%s)", f"{summary.rows_selected:,}", options.redo)
     progress = ProgressReporter(logger, summary, options.progress_seconds)
     rows = chain.from_iterable(source.iter_chunks(options.chunk_size, **select))
-    calls = open_calls(call_row, max_concurrency=options.concurrency, stop=stop, may_start=may_start)
+    calls: CallPool[Mapping[str, Any]] = CallPool(
+        call_row, max_concurrency=options.concurrency, stop=stop, may_start=may_start, on_close=on_close
+    )
     breaker = CircuitBreaker(threshold=options.breaker_threshold, outage_seconds=options.outage_seconds)
     commit = GroupCommit(sink, summary, rows=options.commit_rows, seconds=options.commit_seconds)
     summary.crash_bound = options.concurrency + options.commit_rows - 1
@@ -238,4 +221,4 @@ def drive(
     return summary
 
 
-__all__ = ["ResultSink", "RowSource", "SupportsBatch", "drive", "engine_for", "run_batch"]
+__all__ = ["ResultSink", "RowSource", "SupportsBatch", "drive", "run_batch"]

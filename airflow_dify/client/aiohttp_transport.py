@@ -45,8 +45,19 @@ AIOHTTP_ROWS: Rows = (
     ((aiohttp.ClientConnectorError,), CANNOT_CONNECT),
     ((aiohttp.ClientOSError, aiohttp.ClientConnectionError), DROPPED),
 )
+SOCKS_UNSUPPORTED = (
+    "a SOCKS proxy is configured (ALL_PROXY/HTTP_PROXY/HTTPS_PROXY) for the Dify URL: the batch "
+    "engine (aiohttp) supports HTTP(S) proxies only; point HTTPS_PROXY at an HTTP proxy, or list "
+    "the Dify host in NO_PROXY"
+)
 #: What aiohttp raises for a failed exchange (everything else is a bug and propagates).
 _FAILURES = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
+
+
+def socks_proxy_for(url: str) -> str | None:
+    """The SOCKS proxy the environment sets for ``url`` (which this transport cannot use), if any."""
+    proxy = proxy_for(url)
+    return proxy if proxy is not None and proxy.lower().startswith("socks") else None
 
 
 class AiohttpTransport:
@@ -127,11 +138,8 @@ class AiohttpTransport:
                 proxy = proxy_for(origin)
             except ValueError as exc:  # a port out of range: the same failure aiohttp would report
                 raise aiohttp.InvalidURL(url, str(exc)) from None
-            if proxy is not None and proxy.startswith("socks"):
-                raise DifyConfigError(
-                    "a SOCKS proxy is configured (ALL_PROXY/HTTPS_PROXY): the asyncio engine supports "
-                    "HTTP(S) proxies only; use engine='threads'"
-                )
+            if proxy is not None and proxy.lower().startswith("socks"):
+                raise DifyConfigError(SOCKS_UNSUPPORTED)
             if len(self._proxies) >= 64:
                 self._proxies.clear()
             self._proxies[origin] = proxy
@@ -191,4 +199,4 @@ class _Stream:
             self._raw.close()
 
 
-__all__ = ["AIOHTTP_ROWS", "AiohttpTransport"]
+__all__ = ["AIOHTTP_ROWS", "SOCKS_UNSUPPORTED", "AiohttpTransport", "socks_proxy_for"]

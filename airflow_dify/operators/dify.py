@@ -122,8 +122,6 @@ class DifyBatchOperator(BaseOperator):
         crash (even SIGKILL) loses at most ``max_concurrency + commit_rows - 1`` answers, reported
         as the summary's ``crash_bound``; the next run asks those rows again (``user_per_row``:
         looks them up instead).
-    :param engine: ``threads`` (default: a thread per call in flight) or ``asyncio`` (every call a
-        coroutine on one event loop, one thread: far less CPU and memory at high concurrency).
     """
 
     template_fields: Sequence[str] = (
@@ -193,7 +191,6 @@ class DifyBatchOperator(BaseOperator):
         citations_column: str | None = None,
         commit_rows: int = DEFAULT_COMMIT_ROWS,
         commit_seconds: float = DEFAULT_COMMIT_SECONDS,
-        engine: str = "threads",
         **kwargs: Any,
     ) -> None:
         if "outlets" not in kwargs:  # an explicit outlets (even []) wins over the derived Asset

@@ -257,7 +257,6 @@ def test_a_bad_row_and_a_bug_fail_only_their_row() -> None:
         ("shard", (3, 2), "shard"),
         ("result_columns", {"anwser": "x"}, "unknown key"),
         ("app_mode", "assistant", "app_mode must be one of"),
-        ("engine", "trio", "engine must be one of threads, asyncio"),
     ],
 )
 def test_bad_options_name_the_option(option: str, value: Any, needle: str) -> None:

@@ -1,4 +1,4 @@
-"""AsyncCallPool on its own: one loop, one thread; stop, budget and close keep their promises.
+"""CallPool on its own: one loop, one thread; stop, budget and close keep their promises.
 
 Money first: a call is never started after ``stop`` or when ``may_start`` says no, and an answer
 that arrived is never dropped, even when ``close()`` races it.
@@ -10,7 +10,7 @@ import asyncio
 import threading
 import time
 
-from airflow_dify.batch.async_engine import AsyncCallPool
+from airflow_dify.batch.engine import CallPool
 from airflow_dify.client.async_client import AsyncDifyClient
 from airflow_dify.outcome import SUCCEEDED, RowOutcome
 from airflow_dify.testing import FakeDify
@@ -30,7 +30,7 @@ def test_close_lets_running_calls_finish_and_their_answers_reach_wait() -> None:
             await asyncio.sleep(0.01)
         return _answer(row_id)
 
-    pool: AsyncCallPool[int] = AsyncCallPool(call, max_concurrency=4)
+    pool: CallPool[int] = CallPool(call, max_concurrency=4)
     pool.fill(iter([1, 2, 3]))
     while len(started) < 3:
         time.sleep(0.01)
@@ -53,7 +53,7 @@ def test_close_timeout_cancels_cleanly_and_frees_the_slots() -> None:
             unwound.append(row_id)  # a permit would be settled here
         return _answer(row_id)
 
-    pool: AsyncCallPool[int] = AsyncCallPool(call, max_concurrency=2, close_timeout=0.1)
+    pool: CallPool[int] = CallPool(call, max_concurrency=2, close_timeout=0.1)
     pool.fill(iter([1, 2]))
     time.sleep(0.1)
     pool.close()
@@ -73,7 +73,7 @@ def test_nothing_starts_after_stop_or_once_the_budget_says_no() -> None:
     def may_start(row_id: int) -> bool:
         return row_id < 3
 
-    pool: AsyncCallPool[int] = AsyncCallPool(call, max_concurrency=1, may_start=may_start)
+    pool: CallPool[int] = CallPool(call, max_concurrency=1, may_start=may_start)
     rows = iter(range(1, 10))
     saved: list[RowOutcome] = []
     while True:
@@ -106,7 +106,7 @@ def test_many_calls_in_flight_on_one_thread() -> None:
             return RowOutcome(row_id, SUCCEEDED, answer=result.answer)
 
         before = threading.active_count()
-        pool: AsyncCallPool[int] = AsyncCallPool(call, max_concurrency=64, on_close=client.aclose)
+        pool: CallPool[int] = CallPool(call, max_concurrency=64, on_close=client.aclose)
         pool.fill(iter(range(64)))
         saved: list[RowOutcome] = []
         while len(saved) < 64:
