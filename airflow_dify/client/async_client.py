@@ -17,7 +17,6 @@ import logging
 import time
 from typing import Any
 
-from airflow_dify.client.aiohttp_transport import AiohttpTransport
 from airflow_dify.client.auth import DifyAuth
 from airflow_dify.client.client import READ_FAILURES, DifyClient
 from airflow_dify.client.core import ClientCore
@@ -40,6 +39,7 @@ from airflow_dify.client.generation import (
     trace_headers,
     unrecoverable,
 )
+from airflow_dify.client.http1_transport import Http1Transport
 from airflow_dify.client.models import DifyResult
 from airflow_dify.client.responses import CallContext, json_body
 from airflow_dify.client.retry import acall_with_retries
@@ -58,7 +58,8 @@ class AsyncDifyClient(ClientCore):
     """Generation calls to one Dify app as coroutines on one event loop.
 
     Takes :class:`~airflow_dify.client.client.DifyClient`'s parameters (see there); ``transport``
-    is an :class:`~airflow_dify.client.transport.AsyncTransport` (default: aiohttp, built from
+    is an :class:`~airflow_dify.client.transport.AsyncTransport` (default: the lean HTTP/1.1
+    one, :class:`~airflow_dify.client.http1_transport.Http1Transport`, built from
     ``verify_ssl`` and ``pool_size``). Use it on one loop only, and :meth:`aclose` it there.
     """
 
@@ -66,7 +67,7 @@ class AsyncDifyClient(ClientCore):
         self, base_url: str, auth: DifyAuth | str, *, transport: AsyncTransport | None = None, **settings: Any
     ) -> None:
         super().__init__(base_url, auth, **settings)
-        self._transport = transport or AiohttpTransport(
+        self._transport = transport or Http1Transport(
             pool_size=self.settings["pool_size"], verify_ssl=self.settings["verify_ssl"]
         )
         self._exchange = AsyncExchange(

@@ -1,6 +1,6 @@
-"""Both transports behind one sync interface, so a test body states the shared contract once.
+"""Every transport behind one sync interface, so a test body states the shared contract once.
 
-The aiohttp transport runs on a :class:`LoopThread`; :class:`SyncDriven` hands each call to that
+An asyncio transport runs on a :class:`LoopThread`; :class:`SyncDriven` hands each call to that
 loop and waits, which is exactly how a sync caller would drive it. Test-only glue: the engine
 awaits the transport on its own loop.
 """
@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from airflow_dify.client.aiohttp_transport import AiohttpTransport
+from airflow_dify.client.http1_transport import Http1Transport
 from airflow_dify.client.loop import LoopThread
 from airflow_dify.client.transport import AsyncStreamedResponse, AsyncTransport, Request, Response
 from airflow_dify.client.urllib3_transport import Urllib3Transport
 
-KINDS = ("urllib3", "aiohttp")
+KINDS = ("urllib3", "aiohttp", "http1")
 
 
 class SyncDriven:
@@ -66,7 +67,8 @@ class _SyncStream:
 
 
 def transport_factory(kind: str) -> Callable[..., Any]:
-    """``make(pool_size=, verify_ssl=)`` for ``kind`` ("urllib3" | "aiohttp")."""
+    """``make(pool_size=, verify_ssl=)`` for ``kind`` ("urllib3" | "aiohttp" | "http1")."""
     if kind == "urllib3":
         return Urllib3Transport
-    return lambda **kw: SyncDriven(AiohttpTransport(**kw))
+    inner = AiohttpTransport if kind == "aiohttp" else Http1Transport
+    return lambda **kw: SyncDriven(inner(**kw))
