@@ -92,14 +92,12 @@ class CallPool(Generic[T]):
         self._ended: list[Task] = []
 
     # -- the caller's side -------------------------------------------------------------------------
-    def fill(self, items: Iterator[T]) -> None:
-        """Submit items until ``max_concurrency`` are outstanding, the iterator ends, or we stop."""
+    def fill(self, items: Iterator[T], room: int | None = None) -> None:
+        """Submit items until ``max_concurrency`` (or ``room``, if lower) are outstanding, the
+        iterator ends, or we stop."""
+        limit = self.max_concurrency if room is None else min(self.max_concurrency, room)
         taken: list[T] = []
-        while (
-            not self.exhausted
-            and not self.stop.stopped
-            and self.outstanding + len(taken) < self.max_concurrency
-        ):
+        while not self.exhausted and not self.stop.stopped and self.outstanding + len(taken) < limit:
             item = next(items, _END)
             if item is _END:
                 self.exhausted = True

@@ -199,10 +199,13 @@ def drive(
                     elif o.maybe_billed or o.earlier_maybe_billed:
                         held.append(o)
                 commit.add(saved, held)
-                calls.release(len(outcomes))  # in flight + waiting stays within crash_bound
+                calls.release(len(outcomes))
                 summary.left_pending += len(outcomes) - len(saved)
                 if breaker.trip is not None:
                     stop.stop("breaker")
+                # Refill before the commit, so slots never idle through a write; started but
+                # unsaved rows (in flight + waiting for their commit) stay within crash_bound.
+                calls.fill(rows, room=summary.crash_bound - commit.pending)
             if commit.due():
                 commit.flush()
             source.heartbeat()
