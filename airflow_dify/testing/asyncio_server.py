@@ -328,13 +328,14 @@ class _Connection(asyncio.Protocol):
                 reply.close()
             return
         self.busy = True
-        task = asyncio.get_running_loop().create_task(self._perform(reply))
+        task = asyncio.get_running_loop().create_task(self._perform(reply, request.received))
         self.server.tasks.add(task)
         task.add_done_callback(self._performed)
 
-    async def _perform(self, reply: Reply) -> None:
+    async def _perform(self, reply: Reply, received: float) -> None:
         try:
-            await self.server.sleep(reply.delay)
+            if reply.delay > 0:  # counted from arrival: parsing and dispatch are part of it
+                await self.server.sleep(reply.delay - (time.monotonic() - received))
             send = reply.send
             if isinstance(send, Response):
                 self._answer(reply, send)
