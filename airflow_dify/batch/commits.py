@@ -55,11 +55,16 @@ class GroupCommit:
         """Answers waiting to be written (a crash would lose these)."""
         return len(self._saved) + len(self._ledger_only)
 
-    def add(self, saved: Sequence[RowOutcome], ledger_only: Sequence[RowOutcome] = ()) -> None:
+    def add(
+        self, saved: Sequence[RowOutcome], ledger_only: Sequence[RowOutcome] = (), since: float | None = None
+    ) -> None:
+        """Rows to save; ``since``: when the oldest of them was answered (``clock`` time; default
+        now), so ``seconds`` counts from the answer, not from when it reached us."""
         if not saved and not ledger_only:
             return
-        if self._oldest is None:
-            self._oldest = self._clock()
+        arrived = self._clock() if since is None else since
+        if self._oldest is None or arrived < self._oldest:
+            self._oldest = arrived
         self._saved.extend(saved)
         self._ledger_only.extend(ledger_only)
 
@@ -75,10 +80,11 @@ class GroupCommit:
             return longest
         return max(0.0, min(longest, self._oldest + self.seconds - self._clock()))
 
-    def flush(self) -> None:
-        """Write what is waiting in one transaction; kept for the next flush if the sink raises."""
+    def flush(self) -> int:
+        """Write what is waiting in one transaction (kept for the next flush if the sink raises);
+        returns how many rows it wrote (ledger-only rows included)."""
         if self._oldest is None:
-            return
+            return 0
         saved, held = self._saved, self._ledger_only
         if held:
             self.sink.write_results(saved, held)
@@ -88,6 +94,7 @@ class GroupCommit:
         self.summary.commits += 1
         for outcome in saved:
             self.summary.add(outcome)
+        return len(saved) + len(held)
 
 
 __all__ = ["DEFAULT_COMMIT_ROWS", "DEFAULT_COMMIT_SECONDS", "GroupCommit"]

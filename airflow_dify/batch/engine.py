@@ -1,13 +1,13 @@
 """The batch engine: every call of a run is a coroutine on ONE event loop, on ONE thread.
 
-:class:`CallPool` runs calls as tasks on a background loop (uvloop when installed) with at most
-``max_concurrency`` rows *outstanding*: from the moment a call is submitted until the caller has
-taken its outcome and called :meth:`CallPool.release`. Capping outstanding rows (not just running
-calls) keeps memory flat for any table size; the caller's group commit (batch/commits.py) bounds
-what is answered but not yet saved, so a crash loses at most ``max_concurrency + commit_rows - 1``
-rows. The caller (``drive``) stays a plain sync loop on its own thread: the one that reads and
-writes SQL, so a DB-API connection is only ever used on the thread that made it. 1,024 calls at
-once are 1,024 coroutines, not 1,024 threads.
+:class:`CallPool` runs calls as tasks on a background loop (uvloop when installed). The caller
+hands rows over ahead of time, so the loop starts the next call the moment one ends; a call starts
+only while fewer than ``max_concurrency`` run and fewer than ``unsaved_limit`` started calls wait
+to be saved. ``drive`` sets that limit to the crash bound, ``max_concurrency + commit_rows - 1``:
+a crash loses at most that many answered rows, and memory stays flat for any table size. The
+caller (``drive``) stays a plain sync loop on its own thread: the one that reads and writes SQL,
+so a DB-API connection is only ever used on the thread that made it. 1,024 calls at once are
+1,024 coroutines, not 1,024 threads.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import asyncio
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from itertools import chain
 from typing import Any, Generic, TypeVar
@@ -27,7 +29,7 @@ log = logging.getLogger("airflow_dify.batch")
 T = TypeVar("T")
 #: How long close() waits for a cancelled call to unwind (settle its permit, close its stream).
 CANCEL_GRACE_SECONDS = 10.0
-Task = asyncio.Task[RowOutcome | None]
+Task = asyncio.Task[RowOutcome]
 
 
 class StopSignal:
@@ -49,16 +51,25 @@ class StopSignal:
 
 class CallPool(Generic[T]):
     """Calls as coroutines on one background event loop, fed from an iterator; the caller
-    acknowledges saved results.
+    reports which answers are saved.
 
-    Two hops between the caller's thread and the loop, both batched: one per :meth:`fill`
-    (however many calls it starts) and one per pass of the loop (every call ended in it), so the
-    caller wakes once for a burst of completions, not once per call.
+    The caller hands items over in batches (one hop per :meth:`fill`); the loop keeps up to
+    ``ahead`` of them ready and starts the next the moment a call ends, so a slot never waits for
+    the caller's thread (busy reading a page or committing). Completions come back one batch per
+    pass of the loop. A call starts only while fewer than ``max_concurrency`` run and fewer than
+    ``unsaved_limit`` started calls are unsaved (not yet released): that is the crash
+    bound, enforced where calls start.
 
     :param call: a coroutine function turning one item into its outcome; must not raise (errors
         are failed outcomes).
+    :param ahead: items kept ready beyond the running ones (0: hand over only what may start).
+    :param unsaved_limit: started calls not yet released, at most (default ``max_concurrency``:
+        release each answer before the next call may start).
+    :param hold: seconds completions may wait on the loop to be handed over together while the
+        caller has nothing to do for them (ready items left, room under ``unsaved_limit``); 0:
+        every pass of the loop. :meth:`wait` reports when the oldest of them ended.
     :param may_start: asked on the loop right before each call (budget cap); False stops the pool.
-    :param on_close: awaited on the loop once every call has ended (close the aiohttp session,
+    :param on_close: awaited on the loop once every call has ended (close the HTTP connections,
         the Redis asyncio client), before the loop is closed.
     :param close_timeout: how long :meth:`close` lets running calls finish before cancelling them
         (None: as long as they take; a call that started may be billed, so its answer is awaited).
@@ -69,6 +80,9 @@ class CallPool(Generic[T]):
         call: Callable[[T], Awaitable[RowOutcome]],
         *,
         max_concurrency: int,
+        ahead: int = 0,
+        unsaved_limit: int | None = None,
+        hold: float = 0.0,
         stop: StopSignal | None = None,
         may_start: Callable[[T], bool] | None = None,
         on_close: Callable[[], Awaitable[None]] | None = None,
@@ -77,27 +91,46 @@ class CallPool(Generic[T]):
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.max_concurrency = max_concurrency
+        self.unsaved_limit = max_concurrency if unsaved_limit is None else max(1, unsaved_limit)
         self.stop = stop or StopSignal()
+        #: Handed over, outcome not yet taken by wait(); at most max_concurrency + ahead.
         self.outstanding = 0
         self.exhausted = False
+        self._cap = max_concurrency + max(0, ahead)
+        self._low_water = max(0, ahead) // 2
+        self._hold = max(0.0, hold)
+        #: time.monotonic() at which the oldest completion taken by the last wait() ended.
+        self.oldest_end: float | None = None
         self._call = call
         self._may_start = may_start
         self._on_close = on_close
         self._close_timeout = close_timeout
-        # Completions in batches, one per pass of the loop; read on the caller's thread.
-        self._done: queue.SimpleQueue[list[Task]] = queue.SimpleQueue()
+        self._released = 0  # written by the caller's thread only
+        self._started = 0  # written by the loop's thread only
+        self._drain_asked = False
+        # Completions in batches (None: an item that never started), each with its first end time.
+        self._done: queue.SimpleQueue[tuple[float, list[Task | None]]] = queue.SimpleQueue()
         self._loop = LoopThread("dify-engine")
-        # Touched on the loop's thread only: the running tasks, and those ended in this pass.
+        # Touched on the loop's thread only: ready items, running tasks, those ended in this pass.
+        self._ready: deque[T] = deque()
         self._running: set[Task] = set()
-        self._ended: list[Task] = []
+        self._ended: list[Task | None] = []
+        self._first_end = 0.0
+        self._soon = False
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- the caller's side -------------------------------------------------------------------------
-    def fill(self, items: Iterator[T], room: int | None = None) -> None:
-        """Submit items until ``max_concurrency`` (or ``room``, if lower) are outstanding, the
-        iterator ends, or we stop."""
-        limit = self.max_concurrency if room is None else min(self.max_concurrency, room)
+    def fill(self, items: Iterator[T]) -> None:
+        """Hand items over until ``max_concurrency + ahead`` are outstanding, the iterator ends,
+        or we stop."""
+        if self.stop.stopped:
+            if self.outstanding and not self._drain_asked:  # ready items come back as never started
+                self._drain_asked = True
+                self._loop.loop.call_soon_threadsafe(self._pump)
+            return
         taken: list[T] = []
-        while not self.exhausted and not self.stop.stopped and self.outstanding + len(taken) < limit:
+        room = self._cap - self.outstanding
+        while not self.exhausted and len(taken) < room:
             item = next(items, _END)
             if item is _END:
                 self.exhausted = True
@@ -123,25 +156,28 @@ class CallPool(Generic[T]):
                 batches.append(self._done.get_nowait())
             except queue.Empty:
                 break
-        for task in chain.from_iterable(batches):
-            if task.cancelled():  # cancelled by close() before it could finish: nothing to save
-                self.outstanding -= 1
+        self.oldest_end = min(first for first, _ in batches)
+        for task in chain.from_iterable(ended for _, ended in batches):
+            self.outstanding -= 1
+            if task is None or task.cancelled():  # never started, or cancelled by close()
                 continue
             outcome = task.result()  # a bug in `call` surfaces here, after the batch is saved
-            if outcome is None:  # never started (stopped): nothing to save
-                self.outstanding -= 1
-            else:
+            if outcome is not None:
                 outcomes.append(outcome)
         return outcomes
 
     def release(self, n: int) -> None:
-        """The caller took ``n`` outcomes (saved, or waiting for their commit): their slots are free."""
-        self.outstanding -= n
+        """``n`` answers taken from :meth:`wait` are saved (or need no saving): they no longer
+        count against ``unsaved_limit``."""
+        if n > 0:
+            self._released += n
+            if self._ready and not self._loop.loop.is_closed():  # the loop may wait for this
+                self._loop.loop.call_soon_threadsafe(self._pump)
 
     def close(self) -> None:
         """Start nothing more; let running calls finish (their outcomes stay in the queue for
         :meth:`wait`: a paid answer is not dropped), cancel what outlives ``close_timeout``, then
-        close the session and the loop. Calls not yet started see the stop and never start."""
+        close the connections and the loop. Items not yet started never start."""
         self.stop.stop(self.stop.reason or "closed")
         if self._loop.loop.is_closed():
             return
@@ -153,6 +189,29 @@ class CallPool(Generic[T]):
             self._loop.close()
 
     # -- the loop's side ---------------------------------------------------------------------------
+    def _start(self, items: list[T]) -> None:
+        self._ready.extend(items)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Start ready items while a slot is free and the unsaved count allows."""
+        ready, running = self._ready, self._running
+        while ready and len(running) < self.max_concurrency:
+            if self._started - self._released >= self.unsaved_limit:
+                return  # release() pumps again
+            item = ready.popleft()
+            if not self._starts(item):
+                self._never_started(1 + len(ready))
+                ready.clear()
+                return
+            self._started += 1
+            task: Task = self._loop.loop.create_task(self._call(item))  # type: ignore[arg-type]
+            running.add(task)
+            task.add_done_callback(self._end)
+        if ready and self.stop.stopped:
+            self._never_started(len(ready))
+            ready.clear()
+
     def _starts(self, item: T) -> bool:
         """Right before a call: not after ``stop``, and not when the budget says no."""
         if self.stop.stopped:
@@ -162,30 +221,51 @@ class CallPool(Generic[T]):
             return False
         return True
 
-    async def _guarded(self, item: T) -> RowOutcome | None:
-        return await self._call(item) if self._starts(item) else None
-
-    def _start(self, items: list[T]) -> None:
-        create = self._loop.loop.create_task
-        for item in items:
-            task = create(self._guarded(item))
-            self._running.add(task)
-            task.add_done_callback(self._end)
+    def _never_started(self, n: int) -> None:
+        if n:
+            if not self._ended:
+                self._first_end = time.monotonic()
+            self._ended.extend([None] * n)
+            self._hand_over_soon()
 
     def _end(self, task: Task) -> None:
         self._running.discard(task)
         if not self._ended:
-            self._loop.loop.call_soon(self._hand_over)
+            self._first_end = time.monotonic()
         self._ended.append(task)
+        if self._ready:
+            self._pump()
+        if (
+            self._hold <= 0
+            or len(self._ready) <= self._low_water  # the caller should hand more over
+            or not self._running
+            or len(self._ended) >= self.max_concurrency
+            or self._started - self._released >= self.unsaved_limit  # waits for the caller to save
+            or self.stop.stopped
+        ):
+            self._hand_over_soon()
+        elif self._timer is None:
+            self._timer = self._loop.loop.call_later(self._hold, self._hand_over)
+
+    def _hand_over_soon(self) -> None:
+        if not self._soon:
+            self._soon = True
+            self._loop.loop.call_soon(self._hand_over)
 
     def _hand_over(self) -> None:
-        """Every call ended in this pass of the loop, to ``wait`` at once: one wake-up."""
+        """Completions so far, to ``wait`` at once: one wake-up of the caller for all of them."""
+        self._soon = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         ended, self._ended = self._ended, []
         if ended:
-            self._done.put(ended)
+            self._done.put((self._first_end, ended))
 
     async def _settle(self) -> None:
-        """On the loop, after every start scheduled before close(): wait, then cancel the late."""
+        """On the loop, after every hand-over scheduled before close(): wait, then cancel the late."""
+        self._never_started(len(self._ready))
+        self._ready.clear()
         if self._running:
             _, late = await asyncio.wait(set(self._running), timeout=self._close_timeout)
             if late:

@@ -179,12 +179,19 @@ def drive(
     logger.info("Selected %s row(s) to process (redo=%s)", f"{summary.rows_selected:,}", options.redo)
     progress = ProgressReporter(logger, summary, options.progress_seconds)
     rows = chain.from_iterable(source.iter_chunks(options.chunk_size, **select))
+    summary.crash_bound = options.concurrency + options.commit_rows - 1
     calls: CallPool[Mapping[str, Any]] = CallPool(
-        call_row, max_concurrency=options.concurrency, stop=stop, may_start=may_start, on_close=on_close
+        call_row,
+        max_concurrency=options.concurrency,
+        ahead=options.concurrency,
+        unsaved_limit=summary.crash_bound,
+        hold=options.commit_seconds / 4,
+        stop=stop,
+        may_start=may_start,
+        on_close=on_close,
     )
     breaker = CircuitBreaker(threshold=options.breaker_threshold, outage_seconds=options.outage_seconds)
     commit = GroupCommit(sink, summary, rows=options.commit_rows, seconds=options.commit_seconds)
-    summary.crash_bound = options.concurrency + options.commit_rows - 1
     try:
         while True:
             calls.fill(rows)
@@ -198,16 +205,13 @@ def drive(
                         saved.append(o)
                     elif o.maybe_billed or o.earlier_maybe_billed:
                         held.append(o)
-                commit.add(saved, held)
-                calls.release(len(outcomes))
+                commit.add(saved, held, since=calls.oldest_end)
+                calls.release(len(outcomes) - len(saved) - len(held))  # not billed: nothing to save
                 summary.left_pending += len(outcomes) - len(saved)
                 if breaker.trip is not None:
                     stop.stop("breaker")
-                # Refill before the commit, so slots never idle through a write; started but
-                # unsaved rows (in flight + waiting for their commit) stay within crash_bound.
-                calls.fill(rows, room=summary.crash_bound - commit.pending)
             if commit.due():
-                commit.flush()
+                calls.release(commit.flush())  # saved: room under the crash bound again
             source.heartbeat()
             progress.tick()
         commit.flush()

@@ -64,6 +64,13 @@ class _Deflate:
 class Connection(asyncio.Protocol):
     """A keep-alive connection; :meth:`start` one exchange, then await its head and body."""
 
+    _headers: list[tuple[str, str]]
+    _chunks: list[bytes]
+    _error: BaseException | None
+    _waiter: asyncio.Future[None] | None
+    _timer: asyncio.TimerHandle | None
+    _paused: bool
+
     def __init__(self, loop: asyncio.AbstractEventLoop, route_key: tuple[str, str, int]) -> None:
         self.loop = loop
         self.route_key = route_key
@@ -204,15 +211,15 @@ class Connection(asyncio.Protocol):
         self._idle = True
         self._whole = True
         self._status = 0
-        self._headers: list[tuple[str, str]] = []
-        self._chunks: list[bytes] = []
+        self._headers = []
+        self._chunks = []
         self._buffered = 0
         self._paused = False
         self._headed = self._complete = self._informational = self._eof_delimited = False
         self._keep_alive = False
-        self._error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._error = None
+        self._waiter = None
+        self._timer = None
         self._timeout = 0.0
         self._last = 0.0
 

@@ -138,7 +138,9 @@ class Http1Transport:
             conn.start(data, request.timeout[1], whole=False)
             status, pairs = await conn.head()
             headers = Headers.of(pairs)
-            return _Stream(self, conn, status, headers, decoder(headers.get("content-encoding")), request.label)
+            return _Stream(
+                self, conn, status, headers, decoder(headers.get("content-encoding")), request.label
+            )
         except BaseException as exc:
             self._release(conn, False)
             if isinstance(exc, (BodyBroken, OSError)):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
 
 from airflow_dify.batch.engine import CallPool
 from airflow_dify.client.async_client import AsyncDifyClient
@@ -118,3 +119,79 @@ def test_many_calls_in_flight_on_one_thread() -> None:
         assert sorted(o.answer or "" for o in saved) == sorted(f"Answer: q{i}" for i in range(64))
         assert peak_threads <= before + 2  # the loop's thread (+ one spare for DNS/executor)
         assert fake.calls("/chat-messages") == 64
+
+
+def _gated(started: list[int], gates: dict[int, threading.Event]) -> Any:
+    async def call(row_id: int) -> RowOutcome:
+        started.append(row_id)
+        gate = gates.get(row_id)
+        while gate is not None and not gate.is_set():
+            await asyncio.sleep(0.005)
+        return _answer(row_id)
+
+    return call
+
+
+def _until(condition: Any, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+def test_ready_items_start_as_slots_free_without_the_caller() -> None:
+    """With ``ahead``, the loop starts the next row the moment one ends: the caller, busy with a
+    commit, never holds a slot idle."""
+    started: list[int] = []
+    pool: CallPool[int] = CallPool(_gated(started, {}), max_concurrency=1, ahead=3, unsaved_limit=4)
+    pool.fill(iter([1, 2, 3, 4, 5]))
+    assert pool.outstanding == 4  # max_concurrency + ahead handed over; row 5 stays with the caller
+    _until(lambda: len(started) == 4)
+    time.sleep(0.05)
+    assert started == [1, 2, 3, 4]  # one at a time, and no wait()/release() was needed
+    got: list[RowOutcome] = []
+    _until(lambda: bool(got.extend(pool.wait(0.1))) or len(got) == 4)
+    pool.close()
+
+
+def test_unsaved_limit_is_enforced_where_calls_start() -> None:
+    """Money first: never more started-but-unsaved calls than the limit (the crash bound)."""
+    started: list[int] = []
+    pool: CallPool[int] = CallPool(_gated(started, {}), max_concurrency=2, ahead=4, unsaved_limit=3)
+    pool.fill(iter(range(1, 7)))
+    _until(lambda: len(started) == 3)
+    time.sleep(0.1)
+    assert len(started) == 3  # slots are free, rows are ready, but three answers are unsaved
+    got: list[RowOutcome] = []
+    _until(lambda: bool(got.extend(pool.wait(0.1))) or len(got) == 3)
+    pool.release(1)  # one saved: exactly one more may start
+    _until(lambda: len(started) == 4)
+    time.sleep(0.1)
+    assert len(started) == 4
+    pool.release(2)
+    _until(lambda: len(started) == 6)
+    pool.close()
+    assert sorted(started) == [1, 2, 3, 4, 5, 6]
+
+
+def test_held_completions_report_when_they_ended() -> None:
+    """With ``hold``, completions wait on the loop to go over together; wait() says when the
+    oldest ended, so the commit timer counts from the answer."""
+    started: list[int] = []
+    gates = {2: threading.Event(), 3: threading.Event(), 4: threading.Event()}
+    pool: CallPool[int] = CallPool(
+        _gated(started, gates), max_concurrency=2, ahead=4, unsaved_limit=10, hold=0.3
+    )
+    pool.fill(iter(range(1, 7)))
+    t0 = time.monotonic()
+    got = pool.wait(timeout=5)
+    waited = time.monotonic() - t0
+    assert [o.row_id for o in got] == [1]
+    assert waited >= 0.25  # held: the caller had nothing to do for it yet
+    assert pool.oldest_end is not None and pool.oldest_end <= t0 + 0.1  # it ended right away
+    for gate in gates.values():
+        gate.set()
+    while pool.outstanding:
+        pool.release(len(pool.wait(timeout=1)))
+    pool.close()
+    assert sorted(started) == [1, 2, 3, 4, 5, 6]

@@ -76,9 +76,11 @@ def test_the_request_is_written_once_with_host_and_length(transport: SyncDriven)
 
 def test_a_header_with_a_line_break_is_refused_before_anything_is_sent(transport: SyncDriven) -> None:
     seen: list[bytes] = []
-    with RawServer(lambda conn: seen.append(read_request(conn))) as server:
-        with pytest.raises(DifyError, match="line break") as caught:
-            transport.send(_post(server.url + "/x", X_Trace="a\r\nInjected: yes"))
+    with (
+        RawServer(lambda conn: seen.append(read_request(conn))) as server,
+        pytest.raises(DifyError, match="line break") as caught,
+    ):
+        transport.send(_post(server.url + "/x", X_Trace="a\r\nInjected: yes"))
     assert caught.value.maybe_billed is False and seen == []
 
 
@@ -102,9 +104,11 @@ def test_a_connection_dropped_after_the_request_is_maybe_billed_and_not_resent(
     transport: SyncDriven,
 ) -> None:
     requests: list[bytes] = []
-    with RawServer(lambda conn: requests.append(read_request(conn))) as server:  # read, then close
-        with pytest.raises(DifyError) as caught:
-            transport.send(_post(server.url + "/chat-messages"))
+    with (
+        RawServer(lambda conn: requests.append(read_request(conn))) as server,  # read, then close
+        pytest.raises(DifyError) as caught,
+    ):
+        transport.send(_post(server.url + "/chat-messages"))
     assert (caught.value.code, caught.value.maybe_billed) == ("connection_reset", True)
     assert len(requests) == 1
 
