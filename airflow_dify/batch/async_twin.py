@@ -16,9 +16,9 @@ from typing import Any
 
 from airflow_dify.batch.calls import SupportsAsyncCall, SupportsCall
 from airflow_dify.batch.errors import PreflightError
-from airflow_dify.client.aiohttp_transport import SOCKS_UNSUPPORTED, socks_proxy_for
 from airflow_dify.client.async_client import AsyncDifyClient
 from airflow_dify.client.client import DifyClient
+from airflow_dify.client.environment import SOCKS_UNSUPPORTED, socks_proxy_for
 from airflow_dify.client.models import DifyResult
 from airflow_dify.limits.base import RateLimitPool
 

@@ -27,6 +27,8 @@ from airflow_dify.outcome import RowOutcome
 
 log = logging.getLogger("airflow_dify.batch")
 T = TypeVar("T")
+#: Items handed to the loop at once while filling: a large first fill starts calls page by page.
+HAND_OVER_STEP = 64
 #: How long close() waits for a cancelled call to unwind (settle its permit, close its stream).
 CANCEL_GRACE_SECONDS = 10.0
 Task = asyncio.Task[RowOutcome]
@@ -130,15 +132,22 @@ class CallPool(Generic[T]):
             return
         taken: list[T] = []
         room = self._cap - self.outstanding
-        while not self.exhausted and len(taken) < room:
+        while not self.exhausted and room > 0:
             item = next(items, _END)
             if item is _END:
                 self.exhausted = True
                 break
             taken.append(item)
+            room -= 1
+            if len(taken) >= HAND_OVER_STEP:  # the loop starts these while we read the next page
+                self._hand(taken)
+                taken = []
         if taken:
-            self.outstanding += len(taken)
-            self._loop.loop.call_soon_threadsafe(self._start, taken)
+            self._hand(taken)
+
+    def _hand(self, taken: list[T]) -> None:
+        self.outstanding += len(taken)
+        self._loop.loop.call_soon_threadsafe(self._start, taken)
 
     @property
     def finished(self) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Mapping
 
 import aiohttp
 
-from airflow_dify.client.environment import proxy_for, ssl_context
+from airflow_dify.client.environment import SOCKS_UNSUPPORTED, proxy_for, ssl_context
 from airflow_dify.client.errors import DifyConfigError
 from airflow_dify.client.failures import (
     BAD_URL,
@@ -45,19 +45,8 @@ AIOHTTP_ROWS: Rows = (
     ((aiohttp.ClientConnectorError,), CANNOT_CONNECT),
     ((aiohttp.ClientOSError, aiohttp.ClientConnectionError), DROPPED),
 )
-SOCKS_UNSUPPORTED = (
-    "a SOCKS proxy is configured (ALL_PROXY/HTTP_PROXY/HTTPS_PROXY) for the Dify URL: the batch "
-    "engine (aiohttp) supports HTTP(S) proxies only; point HTTPS_PROXY at an HTTP proxy, or list "
-    "the Dify host in NO_PROXY"
-)
 #: What aiohttp raises for a failed exchange (everything else is a bug and propagates).
 _FAILURES = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
-
-
-def socks_proxy_for(url: str) -> str | None:
-    """The SOCKS proxy the environment sets for ``url`` (which this transport cannot use), if any."""
-    proxy = proxy_for(url)
-    return proxy if proxy is not None and proxy.lower().startswith("socks") else None
 
 
 class AiohttpTransport:
@@ -199,4 +188,4 @@ class _Stream:
             self._raw.close()
 
 
-__all__ = ["AIOHTTP_ROWS", "SOCKS_UNSUPPORTED", "AiohttpTransport", "socks_proxy_for"]
+__all__ = ["AIOHTTP_ROWS", "AiohttpTransport"]

@@ -32,6 +32,19 @@ def proxy_for(url: str) -> str | None:
     return proxies.get(scheme) or proxies.get("all") or None
 
 
+SOCKS_UNSUPPORTED = (
+    "a SOCKS proxy is configured (ALL_PROXY/HTTP_PROXY/HTTPS_PROXY) for the Dify URL: the batch "
+    "engine supports HTTP(S) proxies only; point HTTPS_PROXY at an HTTP proxy, or list the Dify "
+    "host in NO_PROXY"
+)
+
+
+def socks_proxy_for(url: str) -> str | None:
+    """The SOCKS proxy the environment sets for ``url`` (the batch engine cannot use one), if any."""
+    proxy = proxy_for(url)
+    return proxy if proxy is not None and proxy.lower().startswith("socks") else None
+
+
 def _bypass(host: str, port: int, no_proxy: str) -> bool:
     """NO_PROXY as requests reads it: ``*``; host suffixes, matched as plain suffixes like requests
     does (``dify.ai`` and ``.dify.ai`` both cover ``api.dify.ai``); IP addresses exactly or by CIDR
@@ -101,4 +114,4 @@ def _context(verify: bool, path: str, source: str) -> ssl.SSLContext:
     return context
 
 
-__all__ = ["ca_bundle", "proxy_for", "ssl_context"]
+__all__ = ["SOCKS_UNSUPPORTED", "ca_bundle", "proxy_for", "socks_proxy_for", "ssl_context"]

@@ -21,10 +21,10 @@ import zlib
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from airflow_dify.client.aiohttp_transport import SOCKS_UNSUPPORTED, AiohttpTransport
-from airflow_dify.client.environment import proxy_for, ssl_context
+from airflow_dify.client.environment import SOCKS_UNSUPPORTED, proxy_for, ssl_context
 from airflow_dify.client.errors import DifyConfigError
 from airflow_dify.client.failures import (
     BAD_URL,
@@ -39,6 +39,9 @@ from airflow_dify.client.failures import (
 )
 from airflow_dify.client.http1_connection import BodyBroken, Connection, Dropped, ReadTimedOut, decoder
 from airflow_dify.client.transport import AsyncStreamedResponse, Request, Response
+
+if TYPE_CHECKING:
+    from airflow_dify.client.aiohttp_transport import AiohttpTransport
 
 #: Failures while connecting: nothing was sent, whatever the OS says.
 CONNECT_ROWS: Rows = (
@@ -278,6 +281,8 @@ class Http1Transport:
 
     def _via_proxy(self) -> AiohttpTransport:
         if self._proxied is None:
+            from airflow_dify.client.aiohttp_transport import AiohttpTransport  # ~10 MB: only if used
+
             self._proxied = AiohttpTransport(
                 pool_size=self.pool_size, verify_ssl=self.verify_ssl, keepalive=self.keepalive
             )
