@@ -6,6 +6,8 @@ run as ``python -m bench.worker`` subprocesses that print one ``BENCH_RESULT {js
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib.metadata
 import json
 import os
@@ -15,7 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -232,6 +234,22 @@ def collect_worker(proc: subprocess.Popen, timeout: float) -> dict[str, Any]:
     return result
 
 
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic GC in this process (FakeDify's) while a client runs: a full collection over the
+    request log stalled the fake's loop for tens of ms, and the requests that queued meanwhile were
+    stamped together, a burst the client never sent (scenario d's worst 1 s read 105-111 with the
+    GC on, 101 with it off, same client). Collected right after."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+        gc.collect()
+
+
 def run_worker(
     spec: dict[str, Any],
     log_name: str,
@@ -239,7 +257,8 @@ def run_worker(
     env: dict[str, str] | None = None,
     module: str = "bench.worker",
 ) -> dict[str, Any]:
-    return collect_worker(spawn_worker(spec, log_name, env, module), timeout)
+    with paused_gc():
+        return collect_worker(spawn_worker(spec, log_name, env, module), timeout)
 
 
 def rate(rows: int, seconds: float) -> float:

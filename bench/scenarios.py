@@ -14,6 +14,7 @@ from bench.common import (
     WorkerError,
     collect_worker,
     make_prompt_table,
+    paused_gc,
     ratio,
     run_worker,
     server_view,
@@ -181,11 +182,12 @@ def _pool_run(cfg: BenchConfig, fake: Any, backend_name: str) -> dict[str, Any]:
         procs.append(spawn_worker(spec, f"pool_{backend_name}_{i}"))
     timeout = cfg.pool_start_delay + cfg.pool_rows / (cfg.pool_rpm / 60.0) * 3 + 60
     results, errors = [], []
-    for proc in procs:
-        try:
-            results.append(collect_worker(proc, timeout))
-        except WorkerError as exc:
-            errors.append(str(exc))
+    with paused_gc():
+        for proc in procs:
+            try:
+                results.append(collect_worker(proc, timeout))
+            except WorkerError as exc:
+                errors.append(str(exc))
     if errors:
         raise WorkerError("; ".join(errors))
     succeeded = sum(r["succeeded"] for r in results)

@@ -24,6 +24,7 @@ from typing import Any
 from airflow_dify.limits.base import PoolSettings, PoolTimeout
 from airflow_dify.limits.gcra import Rates
 from airflow_dify.limits.penalty import PENALTY_MAX
+from airflow_dify.limits.window import SendWindow
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -73,6 +74,10 @@ class ReservingPool:
         # A pause this process learnt of (its own throttled() calls): callers that reserved before
         # it still honour it after their sleep, without another store round trip.
         self._local_penalty_until = -math.inf
+        # This process's sends per second, checked on the real clock (a test's fake clock never
+        # moves it, so tests that inject one see the pure GCRA).
+        rpm = settings.requests_per_minute
+        self._window = None if rpm is None or self._injected_sleep else SendWindow.for_rpm(rpm)
 
     # -- store operations, one round trip each -------------------------------------------------
     def _try_grant(self, tokens: int, max_wait: float) -> Grant | Busy | None:
@@ -134,6 +139,9 @@ class ReservingPool:
             late = min(late, PENALTY_MAX)
             yield ("sleep", late)
             start += late
+        if self._window is not None:  # a stall woke several reservations at once: spread them
+            while (wait := self._window.admit(time.monotonic())) > 0:
+                yield ("sleep", wait)
         return Permit(self, outcome.slot_id, charged, start)
 
     def acquire(self, tokens: int = 0, *, timeout: float | None = None) -> Permit:
