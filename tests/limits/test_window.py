@@ -50,7 +50,7 @@ def test_a_backlog_after_a_stall_is_spread_not_burst() -> None:
     admitted = _admit_all(window, sorted(asks))
     assert len(admitted) == len(asks)
     assert _worst(admitted, 1.0) <= 100
-    assert admitted == sorted(admitted) and all(a >= b for a, b in zip(admitted, sorted(asks)))
+    assert admitted == sorted(admitted) and all(a >= b for a, b in zip(admitted, sorted(asks), strict=True))
 
 
 def test_the_pool_sends_through_its_window() -> None:
