@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Mapping
 
 import aiohttp
 
-from airflow_dify.client.environment import SOCKS_UNSUPPORTED, proxy_for, ssl_context
+from airflow_dify.client.environment import SOCKS_UNSUPPORTED, is_socks, proxy_for, ssl_context
 from airflow_dify.client.errors import DifyConfigError
 from airflow_dify.client.failures import (
     BAD_URL,
@@ -127,7 +127,7 @@ class AiohttpTransport:
                 proxy = proxy_for(origin)
             except ValueError as exc:  # a port out of range: the same failure aiohttp would report
                 raise aiohttp.InvalidURL(url, str(exc)) from None
-            if proxy is not None and proxy.lower().startswith("socks"):
+            if is_socks(proxy):
                 raise DifyConfigError(SOCKS_UNSUPPORTED)
             if len(self._proxies) >= 64:
                 self._proxies.clear()

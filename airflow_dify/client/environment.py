@@ -39,10 +39,15 @@ SOCKS_UNSUPPORTED = (
 )
 
 
+def is_socks(proxy: str | None) -> bool:
+    """Whether a proxy URL is a SOCKS one (socks4, socks5, socks5h...)."""
+    return proxy is not None and proxy.lower().startswith("socks")
+
+
 def socks_proxy_for(url: str) -> str | None:
     """The SOCKS proxy the environment sets for ``url`` (the batch engine cannot use one), if any."""
     proxy = proxy_for(url)
-    return proxy if proxy is not None and proxy.lower().startswith("socks") else None
+    return proxy if is_socks(proxy) else None
 
 
 def _bypass(host: str, port: int, no_proxy: str) -> bool:
@@ -114,4 +119,4 @@ def _context(verify: bool, path: str, source: str) -> ssl.SSLContext:
     return context
 
 
-__all__ = ["SOCKS_UNSUPPORTED", "ca_bundle", "proxy_for", "socks_proxy_for", "ssl_context"]
+__all__ = ["SOCKS_UNSUPPORTED", "ca_bundle", "is_socks", "proxy_for", "socks_proxy_for", "ssl_context"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from airflow_dify.client.environment import SOCKS_UNSUPPORTED, proxy_for, ssl_context
+from airflow_dify.client.environment import SOCKS_UNSUPPORTED, is_socks, proxy_for, ssl_context
 from airflow_dify.client.errors import DifyConfigError
 from airflow_dify.client.failures import (
     BAD_URL,
@@ -257,7 +257,7 @@ class Http1Transport:
         if scheme not in ("http", "https") or not host:
             raise BAD_URL(label, f"{origin!r} is not an http(s) URL")
         if proxy is not None:
-            if proxy.lower().startswith("socks"):
+            if is_socks(proxy):
                 raise DifyConfigError(SOCKS_UNSUPPORTED)
             return None
         default = 443 if scheme == "https" else 80
