@@ -179,9 +179,12 @@ class Http1Transport:
                 self._waiters.append(waiter)
                 try:
                     await waiter
-                finally:
-                    if not waiter.done():
+                except BaseException:
+                    if waiter.done() and not waiter.cancelled():
+                        self._wake_one()  # woken, then cancelled: the freed slot goes to the next
+                    else:
                         waiter.cancel()
+                    raise
                 continue
             self._open += 1
             try:
@@ -276,7 +279,12 @@ class Http1Transport:
         if body is not None or request.method in _BODY_METHODS:
             lines += f"Content-Length: {len(body or b'')}\r\n"
         head = f"{request.method} {target} HTTP/1.1\r\nHost: {route.host_header}\r\n{lines}\r\n"
-        data = head.encode("latin-1")
+        try:
+            data = head.encode("latin-1")
+        except UnicodeEncodeError:
+            raise DifyConfigError(
+                f"{request.label}: a request header or the URL path is not Latin-1"
+            ) from None
         return data + body if body else data
 
     def _via_proxy(self) -> AiohttpTransport:

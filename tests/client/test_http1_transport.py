@@ -194,3 +194,41 @@ def test_a_socks_proxy_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> Non
             driven.send(_post("http://127.0.0.1:9/v1/x"))
     finally:
         driven.close()
+
+
+def test_a_waiter_cancelled_after_its_wake_up_passes_the_slot_on() -> None:
+    """Cancellation (on_kill) must not strand a freed connection slot: the next waiter gets it."""
+    import asyncio
+
+    def serve(conn: socket.socket) -> None:
+        while read_request(conn):
+            conn.sendall(answer(200, b"{}"))
+
+    transport = Http1Transport(pool_size=1)
+    driven = SyncDriven(transport)
+    try:
+        with RawServer(serve) as server:
+            url = server.url + "/x"
+
+            async def scenario() -> int:
+                request = _post(url)
+                route, _ = transport._route(url, "test")
+                assert route is not None
+                held = await transport._acquire(route, request)  # the only slot
+                second = asyncio.ensure_future(transport.send(request))
+                third = asyncio.ensure_future(transport.send(request))
+                await asyncio.sleep(0.05)  # both wait for the slot
+                held.abort()
+                transport._release(held, False)  # wakes `second` ...
+                second.cancel()  # ... cancelled in the same step, before it runs
+                done = await asyncio.wait_for(third, 5)
+                return done.status
+
+            assert driven.loop.run(scenario()) == 200
+    finally:
+        driven.close()
+
+
+def test_a_header_that_is_not_latin_1_is_a_config_error(transport: SyncDriven) -> None:
+    with pytest.raises(DifyConfigError, match="Latin-1"):
+        transport.send(_post("http://127.0.0.1:9/v1/x", X_Name="caf\u00e9 \u2603"))
