@@ -2,8 +2,8 @@
 
 Everything above it (auth, retries, status mapping, SSE parsing) works on these plain values, so
 a transport can be swapped without touching that code: the urllib3 one for the hook, the Test
-button and ``doctor``; the aiohttp one (:class:`AsyncTransport`) for the asyncio batch engine;
-a stub in tests. A transport never follows redirects and reports
+button and ``doctor``; the lean HTTP/1.1 one (an :class:`AsyncTransport`, aiohttp behind a proxy)
+for the asyncio batch engine; a stub in tests. A transport never follows redirects and reports
 every failure as the :class:`~airflow_dify.client.errors.DifyError` the table in
 :mod:`airflow_dify.client.failures` gives for it.
 """
