@@ -29,7 +29,7 @@ from airflow_dify.client.failures import (
     Rows,
     transport_error,
 )
-from airflow_dify.client.transport import Request, Response, Timeout
+from airflow_dify.client.transport import PoolOptions, Request, Response, Timeout
 
 #: aiohttp's classes. Order matters: the TLS and proxy errors are ClientConnectorErrors, the
 #: connector errors ClientOSErrors, and both timeouts are ServerTimeoutErrors (and TimeoutErrors).
@@ -49,20 +49,13 @@ AIOHTTP_ROWS: Rows = (
 _FAILURES = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
 
 
-class AiohttpTransport:
-    """An :class:`~airflow_dify.client.transport.AsyncTransport` over one aiohttp session.
-
-    :param pool_size: connections open at once (aiohttp's connector limit); set it to the batch
-        concurrency, so a call waits for the pool only when more are running than it allows.
-    :param verify_ssl: verify TLS certificates against ``REQUESTS_CA_BUNDLE`` /
-        ``CURL_CA_BUNDLE``, else certifi's bundle (as the urllib3 transport does).
-    :param keepalive: seconds an idle connection is kept for the next request.
-    """
+class AiohttpTransport(PoolOptions):
+    """An :class:`~airflow_dify.client.transport.AsyncTransport` over one aiohttp session
+    (parameters: :class:`~airflow_dify.client.transport.PoolOptions`; ``pool_size`` is aiohttp's
+    connector limit)."""
 
     def __init__(self, *, pool_size: int = 16, verify_ssl: bool = True, keepalive: float = 60.0) -> None:
-        self.pool_size = max(1, int(pool_size))
-        self.verify_ssl = bool(verify_ssl)
-        self.keepalive = float(keepalive)
+        super().__init__(pool_size=pool_size, verify_ssl=verify_ssl, keepalive=keepalive)
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[Timeout, aiohttp.ClientTimeout] = {}
         self._proxies: dict[str, str | None] = {}

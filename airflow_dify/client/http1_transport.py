@@ -38,7 +38,7 @@ from airflow_dify.client.failures import (
     transport_error,
 )
 from airflow_dify.client.http1_connection import BodyBroken, Connection, Dropped, ReadTimedOut, decoder
-from airflow_dify.client.transport import AsyncStreamedResponse, Request, Response
+from airflow_dify.client.transport import AsyncStreamedResponse, PoolOptions, Request, Response
 
 if TYPE_CHECKING:
     from airflow_dify.client.aiohttp_transport import AiohttpTransport
@@ -89,20 +89,12 @@ class _Route:
     host_header: str
 
 
-class Http1Transport:
-    """An :class:`~airflow_dify.client.transport.AsyncTransport` over pooled HTTP/1.1 connections.
-
-    :param pool_size: connections open at once; set it to the batch concurrency, so a call waits
-        for the pool only when more are running than it allows.
-    :param verify_ssl: verify TLS certificates against ``REQUESTS_CA_BUNDLE`` /
-        ``CURL_CA_BUNDLE``, else certifi's bundle (as the urllib3 transport does).
-    :param keepalive: seconds an idle connection is kept for the next request.
-    """
+class Http1Transport(PoolOptions):
+    """An :class:`~airflow_dify.client.transport.AsyncTransport` over pooled HTTP/1.1 connections
+    (parameters: :class:`~airflow_dify.client.transport.PoolOptions`)."""
 
     def __init__(self, *, pool_size: int = 16, verify_ssl: bool = True, keepalive: float = 60.0) -> None:
-        self.pool_size = max(1, int(pool_size))
-        self.verify_ssl = bool(verify_ssl)
-        self.keepalive = float(keepalive)
+        super().__init__(pool_size=pool_size, verify_ssl=verify_ssl, keepalive=keepalive)
         self._routes: dict[str, _Route | None] = {}
         self._idle: dict[tuple[str, str, int], list[Connection]] = {}
         self._open = 0
@@ -110,14 +102,11 @@ class Http1Transport:
         self._proxied: AiohttpTransport | None = None
 
     async def send(self, request: Request) -> Response:
-        route, target = self._route(request.url, request.label)
-        if route is None:
+        conn = await self._begin(request, whole=True)
+        if conn is None:
             return await self._via_proxy().send(request)
-        data = self._encode(request, route, target)
-        conn = await self._acquire(route, request)
         reuse = False
         try:
-            conn.start(data, request.timeout[1], whole=True)
             status, pairs, raw = await conn.whole()
             headers = Headers.of(pairs)
             decode = decoder(headers.get("content-encoding"))
@@ -132,13 +121,10 @@ class Http1Transport:
         return Response(status, headers, body)
 
     async def stream(self, request: Request) -> AsyncStreamedResponse:
-        route, target = self._route(request.url, request.label)
-        if route is None:
+        conn = await self._begin(request, whole=False)
+        if conn is None:
             return await self._via_proxy().stream(request)
-        data = self._encode(request, route, target)
-        conn = await self._acquire(route, request)
         try:
-            conn.start(data, request.timeout[1], whole=False)
             status, pairs = await conn.head()
             headers = Headers.of(pairs)
             return _Stream(
@@ -149,6 +135,16 @@ class Http1Transport:
             if isinstance(exc, (BodyBroken, OSError)):
                 raise transport_error(exc, request.label, EXCHANGE_ROWS) from None
             raise
+
+    async def _begin(self, request: Request, *, whole: bool) -> Connection | None:
+        """A pooled connection with ``request`` written on it; None: the URL goes via a proxy."""
+        route, target = self._route(request.url, request.label)
+        if route is None:
+            return None
+        data = self._encode(request, route, target)
+        conn = await self._acquire(route, request)
+        conn.start(data, request.timeout[1], whole=whole)
+        return conn
 
     async def close(self) -> None:
         for conns in self._idle.values():

@@ -87,6 +87,22 @@ class Transport(Protocol):
         """Close every pooled connection."""
 
 
+class PoolOptions:
+    """The settings every pooled asyncio transport takes, normalised once.
+
+    :param pool_size: connections open at once; set it to the batch concurrency, so a call waits
+        for the pool only when more are running than it allows.
+    :param verify_ssl: verify TLS certificates against ``REQUESTS_CA_BUNDLE`` /
+        ``CURL_CA_BUNDLE``, else certifi's bundle (as the urllib3 transport does).
+    :param keepalive: seconds an idle connection is kept for the next request.
+    """
+
+    def __init__(self, *, pool_size: int = 16, verify_ssl: bool = True, keepalive: float = 60.0) -> None:
+        self.pool_size = max(1, int(pool_size))
+        self.verify_ssl = bool(verify_ssl)
+        self.keepalive = float(keepalive)
+
+
 class AsyncStreamedResponse(Protocol):
     """:class:`StreamedResponse` on an event loop: the body is awaited; always ``close()`` it."""
 
@@ -124,6 +140,7 @@ __all__ = [
     "USER_AGENT",
     "AsyncStreamedResponse",
     "AsyncTransport",
+    "PoolOptions",
     "Request",
     "Response",
     "StreamedResponse",

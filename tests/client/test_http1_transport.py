@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
 import socket
 import threading
@@ -15,12 +17,24 @@ import pytest
 from airflow_dify.client import DifyConfigError, DifyError
 from airflow_dify.client.http1_transport import Http1Transport
 from airflow_dify.client.transport import Request
-from tests.client.servers import ForwardProxy, RawServer, answer, read_request
+from tests.client.servers import ForwardProxy, Handle, RawServer, answer, read_request
 from tests.client.transports import SyncDriven
 
 
 def _post(url: str, body: bytes = b'{"q": 1}', timeout: float = 2.0, **headers: str) -> Request:
     return Request("POST", url, {"Content-Type": "application/json", **headers}, body, (2.0, timeout), "test")
+
+
+@contextlib.contextmanager
+def _on_a_loop(pool_size: int, serve: Handle) -> Iterator[tuple[Http1Transport, SyncDriven, str]]:
+    """(transport, the loop that drives it, a URL on a server running ``serve``)."""
+    transport = Http1Transport(pool_size=pool_size)
+    driven = SyncDriven(transport)
+    try:
+        with RawServer(serve) as server:
+            yield transport, driven, server.url + "/x"
+    finally:
+        driven.close()
 
 
 @pytest.fixture
@@ -123,25 +137,17 @@ def test_the_pool_bounds_open_connections_and_waiters_get_them_in_turn() -> None
             gate.wait(5)
             conn.sendall(answer(200, b"{}"))
 
-    transport = Http1Transport(pool_size=2)
-    driven = SyncDriven(transport)
-    try:
-        with RawServer(serve) as server:
-            url = server.url + "/x"
+    with _on_a_loop(2, serve) as (transport, driven, url):
 
-            async def burst() -> list[int]:
-                import asyncio
+        async def burst() -> list[int]:
+            calls = [asyncio.ensure_future(transport.send(_post(url))) for _ in range(5)]
+            await asyncio.sleep(0.2)
+            open_while_blocked = transport._open
+            gate.set()
+            done = await asyncio.gather(*calls)
+            return [open_while_blocked, *(r.status for r in done)]
 
-                calls = [asyncio.ensure_future(transport.send(_post(url))) for _ in range(5)]
-                await asyncio.sleep(0.2)
-                open_while_blocked = transport._open
-                gate.set()
-                done = await asyncio.gather(*calls)
-                return [open_while_blocked, *(r.status for r in done)]
-
-            result = driven.loop.run(burst())
-    finally:
-        driven.close()
+        result = driven.loop.run(burst())
     assert result == [2, 200, 200, 200, 200, 200]
     assert len(accepted) == 2  # the three waiters reused the two connections
 
@@ -198,35 +204,28 @@ def test_a_socks_proxy_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_a_waiter_cancelled_after_its_wake_up_passes_the_slot_on() -> None:
     """Cancellation (on_kill) must not strand a freed connection slot: the next waiter gets it."""
-    import asyncio
 
     def serve(conn: socket.socket) -> None:
         while read_request(conn):
             conn.sendall(answer(200, b"{}"))
 
-    transport = Http1Transport(pool_size=1)
-    driven = SyncDriven(transport)
-    try:
-        with RawServer(serve) as server:
-            url = server.url + "/x"
+    with _on_a_loop(1, serve) as (transport, driven, url):
 
-            async def scenario() -> int:
-                request = _post(url)
-                route, _ = transport._route(url, "test")
-                assert route is not None
-                held = await transport._acquire(route, request)  # the only slot
-                second = asyncio.ensure_future(transport.send(request))
-                third = asyncio.ensure_future(transport.send(request))
-                await asyncio.sleep(0.05)  # both wait for the slot
-                held.abort()
-                transport._release(held, False)  # wakes `second` ...
-                second.cancel()  # ... cancelled in the same step, before it runs
-                done = await asyncio.wait_for(third, 5)
-                return done.status
+        async def scenario() -> int:
+            request = _post(url)
+            route, _ = transport._route(url, "test")
+            assert route is not None
+            held = await transport._acquire(route, request)  # the only slot
+            second = asyncio.ensure_future(transport.send(request))
+            third = asyncio.ensure_future(transport.send(request))
+            await asyncio.sleep(0.05)  # both wait for the slot
+            held.abort()
+            transport._release(held, False)  # wakes `second` ...
+            second.cancel()  # ... cancelled in the same step, before it runs
+            done = await asyncio.wait_for(third, 5)
+            return done.status
 
-            assert driven.loop.run(scenario()) == 200
-    finally:
-        driven.close()
+        assert driven.loop.run(scenario()) == 200
 
 
 def test_a_header_that_is_not_latin_1_is_a_config_error(transport: SyncDriven) -> None:
