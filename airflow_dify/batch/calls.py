@@ -18,6 +18,7 @@ from airflow_dify.batch.rows import Prompt, PromptBuilder, failed_outcome
 from airflow_dify.batch.trace import for_try, row_trace_id, script_prefix
 from airflow_dify.client.errors import DifyError
 from airflow_dify.client.models import MODE_FAMILY, DifyResult
+from airflow_dify.frozen import build
 from airflow_dify.outcome import FAILED, STATUS_KEY, SUCCEEDED, TAKEN_OVER_KEY, RowOutcome, TakenOver
 
 MAX_ERROR_CHARS = 1000
@@ -37,21 +38,24 @@ class SupportsCall(Protocol):
     ) -> DifyResult: ...
 
 
-_USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens", "total_price", "currency")
-
-
 def _result_fields(result: DifyResult | None) -> dict[str, Any]:
     """What a Dify result (or the partial one of a failed run) contributes to a row's outcome."""
     if result is None:
         return {}
-    fields = {name: getattr(result.usage, name) for name in _USAGE_FIELDS}
-    fields["answer"] = result.answer
-    fields["latency_ms"] = result.latency_ms
-    fields["message_id"] = result.message_id or result.workflow_run_id
-    fields["conversation_id"] = result.conversation_id
-    fields["workflow_id"] = result.workflow_id
-    fields["workflow_run_id"] = result.workflow_run_id
-    return fields
+    usage = result.usage
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "total_price": usage.total_price,
+        "currency": usage.currency,
+        "answer": result.answer,
+        "latency_ms": result.latency_ms,
+        "message_id": result.message_id or result.workflow_run_id,
+        "conversation_id": result.conversation_id,
+        "workflow_id": result.workflow_id,
+        "workflow_run_id": result.workflow_run_id,
+    }
 
 
 def _now() -> dt.datetime:
@@ -61,17 +65,15 @@ def _now() -> dt.datetime:
 def outcome_from_result(
     row_id: Any, result: DifyResult, *, input_hash: str | None = None, trace_id: str | None = None
 ) -> RowOutcome:
-    attempts = getattr(result, "attempts", 1) or 1
-    return RowOutcome(
-        row_id,
-        SUCCEEDED,
-        answered_at=_now(),
-        attempts=attempts,
-        input_hash=input_hash,
-        trace_id=trace_id,
-        earlier_maybe_billed=result.maybe_billed_retries,
-        **_result_fields(result),
-    )
+    values = _result_fields(result)
+    values["row_id"] = row_id
+    values["status"] = SUCCEEDED
+    values["answered_at"] = _now()
+    values["attempts"] = getattr(result, "attempts", 1) or 1
+    values["input_hash"] = input_hash
+    values["trace_id"] = trace_id
+    values["earlier_maybe_billed"] = result.maybe_billed_retries
+    return build(RowOutcome, values)
 
 
 def outcome_from_error(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from airflow_dify.batch.errors import RowError
 from airflow_dify.batch.files import FileCell, fingerprints, parse_cell
 from airflow_dify.batch.options import DEFAULT_MAX_PROMPT_CHARS, BatchOptions
 from airflow_dify.client.models import MODE_FAMILY
+from airflow_dify.json_codec import encoder
 from airflow_dify.outcome import FAILED, HASH_KEY, RowOutcome
 from airflow_dify.sql.dialects import InvalidText
 
@@ -38,20 +38,18 @@ def _json_default(value: Any) -> Any:
     return str(value)  # Decimal, UUID, ...: their exact text
 
 
+_canonical = encoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True, default=_json_default
+)
+
+
 def input_hash(app: Mapping[str, Any], query: str | None, inputs: Mapping[str, Any]) -> str:
     """Hex sha256 of the canonical JSON of what is sent: redo="changed" compares it with the stored one.
 
     Canonical = sorted keys, no whitespace, UTF-8; so the same request hashes the same from SQL
     rows, DataFrame rows, any Python version or machine.
     """
-    payload = json.dumps(
-        {"app": dict(app), "query": query, "inputs": dict(inputs)},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=True,
-        default=_json_default,
-    )
+    payload = _canonical({"app": dict(app), "query": query, "inputs": dict(inputs)})
     return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()
 
 

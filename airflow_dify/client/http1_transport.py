@@ -268,7 +268,7 @@ class Http1Transport(PoolOptions):
 
     @staticmethod
     def _encode(request: Request, route: _Route, target: str) -> bytes:
-        lines = "".join(f"{name}: {value}\r\n" for name, value in request.headers.items())
+        lines = "".join([f"{name}: {value}\r\n" for name, value in request.headers.items()])
         if lines.count("\n") != len(request.headers) or lines.count("\r") != len(request.headers):
             raise DifyConfigError(f"{request.label}: a request header holds a line break (CR or LF)")
         body = request.body

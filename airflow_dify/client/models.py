@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from airflow_dify.frozen import build
+
 APP_MODES = ("chat", "completion", "workflow")
 #: Dify's own app modes (GET /info ``mode``) mapped to the endpoint family that serves them.
 MODE_FAMILY = {
@@ -26,7 +28,7 @@ def to_decimal(value: Any) -> Decimal | None:
     if value is None or value == "":
         return None
     try:
-        return Decimal(str(value))
+        return Decimal(value if type(value) is str else str(value))
     except (InvalidOperation, ValueError):
         return None
 
@@ -61,23 +63,26 @@ class Usage:
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> Usage:
-        data = data or {}
-        latency = data.get("latency")
-        return cls(
-            prompt_tokens=_int(data.get("prompt_tokens")),
-            completion_tokens=_int(data.get("completion_tokens")),
-            total_tokens=_int(data.get("total_tokens")),
-            prompt_unit_price=to_decimal(data.get("prompt_unit_price")),
-            prompt_price_unit=to_decimal(data.get("prompt_price_unit")),
-            prompt_price=to_decimal(data.get("prompt_price")),
-            completion_unit_price=to_decimal(data.get("completion_unit_price")),
-            completion_price_unit=to_decimal(data.get("completion_price_unit")),
-            completion_price=to_decimal(data.get("completion_price")),
-            total_price=to_decimal(data.get("total_price")),
-            currency=data.get("currency"),
-            latency=float(latency) if isinstance(latency, (int, float, Decimal)) else None,
-            time_to_first_token=data.get("time_to_first_token"),
-            time_to_generate=data.get("time_to_generate"),
+        get = (data or {}).get
+        latency = get("latency")
+        return build(
+            cls,
+            {
+                "prompt_tokens": _int(get("prompt_tokens")),
+                "completion_tokens": _int(get("completion_tokens")),
+                "total_tokens": _int(get("total_tokens")),
+                "prompt_unit_price": to_decimal(get("prompt_unit_price")),
+                "prompt_price_unit": to_decimal(get("prompt_price_unit")),
+                "prompt_price": to_decimal(get("prompt_price")),
+                "completion_unit_price": to_decimal(get("completion_unit_price")),
+                "completion_price_unit": to_decimal(get("completion_price_unit")),
+                "completion_price": to_decimal(get("completion_price")),
+                "total_price": to_decimal(get("total_price")),
+                "currency": get("currency"),
+                "latency": float(latency) if isinstance(latency, (int, float, Decimal)) else None,
+                "time_to_first_token": get("time_to_first_token"),
+                "time_to_generate": get("time_to_generate"),
+            },
         )
 
 
@@ -109,16 +114,20 @@ class DifyResult:
     def from_message(cls, body: dict[str, Any], *, mode: str, latency_ms: int | None = None) -> DifyResult:
         """Blocking chat/completion body (or an aggregated stream)."""
         meta = body.get("metadata") or {}
-        return cls(
-            mode=mode,
-            answer=body.get("answer"),
-            usage=Usage.from_json(meta.get("usage")),
-            message_id=body.get("message_id") or body.get("id"),
-            conversation_id=body.get("conversation_id") or None,
-            task_id=body.get("task_id"),
-            latency_ms=latency_ms,
-            created_at=body.get("created_at"),
-            citations=tuple(r for r in meta.get("retriever_resources") or () if isinstance(r, dict)),
+        cited = meta.get("retriever_resources")
+        return build(
+            cls,
+            {
+                "mode": mode,
+                "answer": body.get("answer"),
+                "usage": Usage.from_json(meta.get("usage")),
+                "message_id": body.get("message_id") or body.get("id"),
+                "conversation_id": body.get("conversation_id") or None,
+                "task_id": body.get("task_id"),
+                "latency_ms": latency_ms,
+                "created_at": body.get("created_at"),
+                "citations": tuple(r for r in cited if isinstance(r, dict)) if cited else (),
+            },
         )
 
     @classmethod

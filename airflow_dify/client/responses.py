@@ -21,6 +21,7 @@ from typing import Any
 from airflow_dify.client import errors
 from airflow_dify.client.errors import DifyError
 from airflow_dify.client.transport import Response
+from airflow_dify.json_codec import loads
 
 _KNOWN_5XX = frozenset({500, 502, 503, 504, 524})
 #: The gateway gave up waiting while Dify kept running: the call may have been billed.
@@ -184,7 +185,7 @@ def redirect_error(status: int, location: str | None, ctx: CallContext) -> DifyE
 def json_body(resp: Response, ctx: CallContext) -> dict[str, Any]:
     """The JSON object of a 2xx answer; truncated or non-JSON bodies raise DifyResponseError."""
     try:
-        body = json.loads(resp.body)
+        body = loads(resp.body)
     except ValueError as exc:
         text = resp.body.decode("utf-8", errors="replace")
         raise errors.DifyResponseError(

@@ -15,7 +15,7 @@ import time
 from airflow_dify.limits.base import PoolSettings
 from airflow_dify.limits.gcra import BudgetState, correct_tokens, reserve
 from airflow_dify.limits.penalty import penalise
-from airflow_dify.limits.pool import Busy, Clock, Grant, ReservingPool, Sleep
+from airflow_dify.limits.pool import Busy, Clock, Grant, Permit, ReservingPool, Sleep
 
 
 class _Shared:
@@ -26,13 +26,17 @@ class _Shared:
         self.state = BudgetState()
         self.slots: dict[str, float] = {}  # slot id -> lease expiry
         self.generation = 0  # bumped on every release so a waiter cannot miss a wake-up
+        self.thread_waiters = 0  # threads in cond.wait(): a release with none skips notify_all
         self.ids = itertools.count(1)
         #: Coroutines waiting for a slot, each woken on its own loop (releases come from any thread).
         self.async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     def wake_all(self) -> None:
         """Under ``cond``: wake every waiting thread and coroutine."""
-        self.cond.notify_all()
+        if self.thread_waiters:
+            self.cond.notify_all()
+        if not self.async_waiters:
+            return
         waiters, self.async_waiters = self.async_waiters, []
         for loop, future in waiters:
             with contextlib.suppress(RuntimeError):  # its loop closed meanwhile: nobody waits
@@ -66,6 +70,34 @@ class MemoryPool(ReservingPool):
     ) -> None:
         super().__init__(settings, clock=clock or time.monotonic, sleep=sleep or time.sleep)
         self._sh = _shared(settings.key)
+        rates = self.rates
+        #: No rate budget: the pool is a process-wide semaphore, and a free slot is taken in one step.
+        self._unmetered = rates.request_interval is None and rates.token_interval is None
+
+    async def acquire_async(self, tokens: int = 0, *, timeout: float | None = None) -> Permit:
+        """The general acquire, except that an unmetered pool with a slot free (and no 429 pause)
+        grants it at once: the common case of a batch under ``max_concurrency`` alone."""
+        if self._unmetered and not self._injected_sleep:
+            permit = self._free_slot_now(self.rates.clamp(tokens))
+            if permit is not None:
+                return permit
+        return await super().acquire_async(tokens, timeout=timeout)
+
+    def _free_slot_now(self, tokens: int) -> Permit | None:
+        sh, cap = self._sh, self.settings.max_concurrency
+        with sh.cond:
+            now = self._clock()
+            if sh.state.penalty_until > now:
+                return None
+            slot_id = None
+            if cap is not None:
+                if len(sh.slots) >= cap:
+                    self._expire(now)
+                    if len(sh.slots) >= cap:
+                        return None
+                slot_id = str(next(sh.ids))
+                sh.slots[slot_id] = now + self.settings.lease_seconds
+        return Permit(self, slot_id, tokens, now)
 
     def _expire(self, now: float) -> None:
         slots = self._sh.slots
@@ -94,9 +126,14 @@ class MemoryPool(ReservingPool):
         if self._injected_sleep:  # a fake clock only moves through its sleep: poll with it
             self._sleep(seconds)
             return
-        with self._sh.cond:
-            if self._sh.generation == busy.mark:  # nothing released since we looked
-                self._sh.cond.wait(seconds)
+        sh = self._sh
+        with sh.cond:
+            if sh.generation == busy.mark:  # nothing released since we looked
+                sh.thread_waiters += 1
+                try:
+                    sh.cond.wait(seconds)
+                finally:
+                    sh.thread_waiters -= 1
 
     async def _wait_for_slot_async(self, busy: Busy, seconds: float) -> None:
         """Wait on the loop (no thread, no polling) until a release or ``seconds``."""

@@ -13,7 +13,9 @@ ledger entries (see :mod:`airflow_dify.sql.ledger`) in the same transaction.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import operator
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,6 +35,18 @@ _TRANSIENT = frozenset({"OperationalError", "InterfaceError"})
 _MONEY_FIELDS: tuple[str, ...] = ("status", "error", "attempts", "answered_at", "prompt_tokens")
 _MONEY_FIELDS += ("completion_tokens", "total_tokens", "total_price", "currency", "message_id")
 _MONEY_FIELDS += ("conversation_id", "input_hash")
+
+
+#: Values every driver binds as they are (Dialect.adapt would return them unchanged).
+_BOUND_AS_IS = frozenset({str, int, float, bool, type(None)})
+
+
+@functools.cache
+def _getter(fields: tuple[str, ...]) -> Callable[[RowOutcome], tuple[Any, ...]]:
+    if len(fields) == 1:  # attrgetter of one name returns the value, not a tuple
+        (name,) = fields
+        return lambda outcome: (getattr(outcome, name),)
+    return operator.attrgetter(*fields)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -143,10 +157,13 @@ class ResultWriter:
         output = self.outputs.get(field)
         return output_placeholder(self.db.dialect.name, output.kind, placeholder) if output else placeholder
 
-    def _row(self, fields: Sequence[str], owners: int, outcome: RowOutcome) -> list[Any]:
+    def _row(self, fields: tuple[str, ...], owners: int, outcome: RowOutcome) -> list[Any]:
         dialect = self.db.dialect
-        if not self.outputs:  # the common case, on the hot path: no per-field lookup
-            values = [dialect.adapt(f, getattr(outcome, f)) for f in fields]
+        if not self.outputs:  # the common case, on the hot path: one C call reads every field
+            values = [
+                v if type(v) in _BOUND_AS_IS else dialect.adapt(f, v)
+                for f, v in zip(fields, _getter(fields)(outcome), strict=True)
+            ]
             return values + [self.owner] * owners + [outcome.row_id]
         values = []
         for f in fields:

@@ -126,3 +126,71 @@ def test_async_settle_corrects_tokens_and_frees_the_slot(kind: str, tmp_path: Pa
         pool.close()
         if kind == "redis":
             delete_redis_keys(REDIS_URL, key)
+
+
+def test_unmetered_pool_caps_coroutines_and_threads_together() -> None:
+    """No rate limit: the memory pool grants a free slot in one step. The cap still counts the
+    permits a sync thread holds, and a coroutine never gets a slot beyond it."""
+    pool = _pool("memory", Path("/"), f"test:{uuid.uuid4().hex}", max_concurrency=3)
+    held_by_thread = pool.acquire()
+    holders = peak = 0
+
+    async def work() -> None:
+        nonlocal holders, peak
+        for _ in range(5):
+            permit = await pool.acquire_async(timeout=10)
+            holders += 1
+            peak = max(peak, holders)
+            await asyncio.sleep(0.01)
+            holders -= 1
+            await permit.settle_async()
+
+    async def main() -> None:
+        await asyncio.gather(*(work() for _ in range(8)))
+
+    asyncio.run(main())
+    assert peak == 2  # 3 slots, one held by the thread throughout
+    held_by_thread.settle()
+    again = [pool.acquire(timeout=0) for _ in range(3)]  # every slot came back
+    with pytest.raises(PoolTimeout):  # and the cap is still 3
+        pool.acquire(timeout=0)
+    for permit in again:
+        permit.settle()
+
+
+def test_unmetered_pool_honours_a_429_pause() -> None:
+    """A 429 pauses the whole pool: the one-step grant is not taken while the pause lasts."""
+    pool = _pool("memory", Path("/"), f"test:{uuid.uuid4().hex}", max_concurrency=4)
+
+    async def main() -> float:
+        await pool.throttled_async()  # a pause of PENALTY_FIRST (0.5 s) starts now
+        start = time.monotonic()
+        permit = await pool.acquire_async(timeout=10)
+        waited = time.monotonic() - start
+        await permit.settle_async()
+        return waited
+
+    assert asyncio.run(main()) >= 0.4
+
+
+def test_a_coroutine_releasing_wakes_a_waiting_thread() -> None:
+    """Cap 1: a thread blocked in acquire() is woken by a coroutine's settle at once (a release
+    skips the condition only when no thread waits on it)."""
+    pool = _pool("memory", Path("/"), f"test:{uuid.uuid4().hex}", max_concurrency=1)
+    waited: list[float] = []
+
+    def thread_acquire() -> None:
+        start = time.monotonic()
+        pool.acquire(timeout=30).settle()
+        waited.append(time.monotonic() - start)
+
+    async def main() -> None:
+        permit = await pool.acquire_async(timeout=5)
+        thread = threading.Thread(target=thread_acquire)
+        thread.start()
+        await asyncio.sleep(0.3)  # the thread is waiting on the condition by now
+        await permit.settle_async()
+        await asyncio.to_thread(thread.join, 30)
+
+    asyncio.run(main())
+    assert waited and 0.2 <= waited[0] < 5
