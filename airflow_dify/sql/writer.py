@@ -22,6 +22,7 @@ from typing import Any
 
 from airflow_dify.outcome import ATTEMPT_FIELDS, COLUMN_FIELDS, FAILED, ResultColumns, RowOutcome
 from airflow_dify.sql.connection import SqlConnection, error_brief
+from airflow_dify.sql.dialects import Dialect
 from airflow_dify.sql.errors import SqlWriteError
 from airflow_dify.sql.ledger import Ledger
 from airflow_dify.sql.output_types import OutputColumn, output_placeholder, output_value
@@ -157,8 +158,7 @@ class ResultWriter:
         output = self.outputs.get(field)
         return output_placeholder(self.db.dialect.name, output.kind, placeholder) if output else placeholder
 
-    def _row(self, fields: tuple[str, ...], owners: int, outcome: RowOutcome) -> list[Any]:
-        dialect = self.db.dialect
+    def _row(self, fields: tuple[str, ...], owners: int, outcome: RowOutcome, dialect: Dialect) -> list[Any]:
         if not self.outputs:  # the common case, on the hot path: one C call reads every field
             values = [
                 v if type(v) in _BOUND_AS_IS else dialect.adapt(f, v)
@@ -182,10 +182,11 @@ class ResultWriter:
         plan = []
         # Output columns go with every full result: NULL when the answer had none (a failed row).
         every = (*COLUMN_FIELDS, *self.outputs)
+        dialect = self.db.dialect
         for fields, group in ((every, full), (ATTEMPT_FIELDS, attempts)):
             if group:
                 sql, owners = self._sql(fields)
-                plan.append((sql, [self._row(fields, owners, o) for o in group]))
+                plan.append((sql, [self._row(fields, owners, o, dialect) for o in group]))
         return plan
 
     def _execute(self, plan: list[tuple[str, list[list[Any]]]], billed: Sequence[RowOutcome]) -> int:
@@ -292,7 +293,7 @@ class ResultWriter:
             sql, owners = self._sql(fields)
             try:
                 with self.db.transaction() as cur:
-                    cur.execute(sql, self._row(fields, owners, failure))
+                    cur.execute(sql, self._row(fields, owners, failure, self.db.dialect))
                     if self.ledger is not None:
                         self.ledger.add(cur, [outcome])  # the call's real usage, not the failure's
                 self._written([outcome])
