@@ -40,13 +40,13 @@ def test_for_rpm_is_one_short_of_the_gcra_burst_over_a_slightly_longer_span() ->
 
 def test_a_steady_gcra_stream_is_never_held() -> None:
     window = SendWindow.for_rpm(6000)
-    asks = [k * 0.0101 for k in range(500)]  # 10.1 ms apart: 100 of them span 1.0 s + 10 ms
+    asks = [k * 0.0102 for k in range(500)]  # 10.2 ms apart: 100 of them span 1.0 s + 20 ms
     assert _admit_all(window, asks) == asks
 
 
 def test_a_backlog_after_a_stall_is_spread_not_burst() -> None:
     """Reservations due during a 300 ms stall all wake at its end: at most 100 go out in any
-    1.005 s, so a server stamping each up to 5 ms late still counts at most 100 per second."""
+    1.01 s, so a server stamping each up to 10 ms late still counts at most 100 per second."""
     window = SendWindow.for_rpm(6000)
     asks = [k * 0.01 for k in range(100)] + [1.3] * 30 + [1.3 + k * 0.01 for k in range(30, 200)]
     admitted = _admit_all(window, sorted(asks))
