@@ -97,3 +97,19 @@ def test_loads_refuses_what_json_loads_refuses(data: bytes) -> None:
         json.loads(data)
     with pytest.raises(ValueError):
         loads(data)
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=["defaults", "no-nan", "canonical", "ascii-sorted"])
+def test_without_the_c_accelerator_the_text_is_the_same(
+    settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interpreter without _json (a fault this one cannot produce): the pure-Python encoder."""
+    import airflow_dify.json_codec as codec
+
+    monkeypatch.setattr(codec, "c_make_encoder", None)
+    for value in VALUES:
+        try:
+            got: Any = codec.encoder(**settings)(value)
+        except (TypeError, ValueError) as exc:
+            got = type(exc)
+        assert got == _dumps(value, settings)
