@@ -14,8 +14,12 @@ PEER_SCENARIOS = {
     "d": (0.05, 16, 6000),
 }
 PEERS = ("cookbook", "tuned", "project")
+#: The project's transport alone (``bench/baselines/transport_floor.py``): run in scenario b only,
+#: where CPU per row is the target, to show how much of it is moving bytes.
+FLOOR = "floor"
+FLOOR_SCENARIOS = ("b",)
 #: Every client scenario "peers" can run (``--peers``).
-PEER_CLIENTS = PEERS
+PEER_CLIENTS = (*PEERS, FLOOR)
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class BenchConfig:
     peer_scenarios: tuple[str, ...] = tuple(PEER_SCENARIOS)
     peer_rows: tuple[tuple[str, int], ...] = (("a", 2000), ("b", 5000), ("c", 4096), ("d", 6600))
     peer_repeats: tuple[tuple[str, int], ...] = (("a", 2), ("b", 2), ("c", 2), ("d", 1))
-    peer_clients: tuple[str, ...] = PEERS
+    peer_clients: tuple[str, ...] = PEER_CLIENTS
     # 1. bound ratio
     bound_rows: int = 2000
     bound_latency: float = 0.05

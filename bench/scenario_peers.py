@@ -32,9 +32,13 @@ from bench.common import (
     start_fake,
     work_dir,
 )
-from bench.config import PEER_SCENARIOS, BenchConfig
+from bench.config import FLOOR, FLOOR_SCENARIOS, PEER_SCENARIOS, BenchConfig
 
-PEER_MODULES = {"cookbook": "bench.baselines.cookbook_peer", "tuned": "bench.baselines.tuned_peer"}
+PEER_MODULES = {
+    "cookbook": "bench.baselines.cookbook_peer",
+    "tuned": "bench.baselines.tuned_peer",
+    FLOOR: "bench.baselines.transport_floor",
+}
 #: What is compared, per client: (key in a run's result, label).
 METRICS = ("rows_per_second", "cpu_us_per_row", "peak_rss_mb", "threads_peak")
 
@@ -139,7 +143,7 @@ def _ratios(s: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         x, y = s.get(a, {}).get(key), s.get(b, {}).get(key)
         return ratio(x, y) if x is not None and y else None
 
-    return {
+    out = {
         "project_vs_tuned_cpu_per_row": rel("project", "tuned", "cpu_us_per_row"),
         "project_vs_cookbook_cpu_per_row": rel("project", "cookbook", "cpu_us_per_row"),
         "project_vs_tuned_rows_per_second": rel("project", "tuned", "rows_per_second"),
@@ -147,13 +151,17 @@ def _ratios(s: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         "project_vs_tuned_peak_rss": rel("project", "tuned", "peak_rss_mb"),
         "project_vs_tuned_threads": rel("project", "tuned", "threads_peak"),
     }
+    if FLOOR in s:
+        out["floor_vs_tuned_cpu_per_row"] = rel(FLOOR, "tuned", "cpu_us_per_row")
+        out["project_vs_floor_cpu_per_row"] = rel("project", FLOOR, "cpu_us_per_row")
+    return out
 
 
 def peers(cfg: BenchConfig) -> dict[str, Any]:
     rows_of, repeats_of = dict(cfg.peer_rows), dict(cfg.peer_repeats)
-    clients = cfg.peer_clients
-    out: dict[str, Any] = {"clients": list(clients)}
+    out: dict[str, Any] = {"clients": list(cfg.peer_clients)}
     for scenario in cfg.peer_scenarios:
+        clients = tuple(c for c in cfg.peer_clients if c != FLOOR or scenario in FLOOR_SCENARIOS)
         latency, concurrency, rpm = PEER_SCENARIOS[scenario]
         rows, repeats = rows_of[scenario], repeats_of.get(scenario, 1)
         rate = bound(latency, concurrency, rpm)

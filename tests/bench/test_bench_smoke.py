@@ -93,11 +93,13 @@ def test_server_rate_and_peers(tmp_path: Path) -> None:
             assert positive(server[kind][key]["median"]), (kind, key)
         assert all(run["ok"] == run["requests"] > 0 for run in server["runs"][kind])
     peers = report["scenarios"]["peers"]
-    assert peers["clients"] == ["cookbook", "tuned", "project"]
+    assert peers["clients"] == ["cookbook", "tuned", "project", "floor"]
     for name in ("a", "b", "c", "d"):
         sc = peers[name]
         assert (sc["bound_rows_per_second"] is None) == (name == "b")
-        for client in peers["clients"]:
+        clients = [c for c in peers["clients"] if c != "floor" or name == "b"]  # the floor: b only
+        assert set(sc["runs"]) == set(clients)
+        for client in clients:
             [run] = sc["runs"][client]
             assert run["succeeded"] == sc["rows"] == run["server"]["admitted"], (name, client)
             for key in ("rows_per_second", "cpu_us_per_row", "peak_rss_mb", "threads_peak"):
@@ -113,3 +115,5 @@ def test_server_rate_and_peers(tmp_path: Path) -> None:
     assert peers["c"]["runs"]["tuned"][0]["client"]["event_loop"] == "uvloop"
     metrics = {t["metric"] for t in report["targets"]}
     assert {"project / tuned CPU per row", "FakeDify asyncio: req/s per server CPU s"} <= metrics
+    assert "transport floor / tuned CPU per row" in metrics
+    assert positive(peers["b"]["ratios"]["floor_vs_tuned_cpu_per_row"])
