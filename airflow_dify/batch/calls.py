@@ -280,21 +280,18 @@ def make_row_caller(
     calls = RowCalls(lookups, builder, **options)
 
     async def call_row(row: Mapping[str, Any]) -> RowOutcome:
-        return calls.with_prior(row, await call(row))
-
-    async def call(row: Mapping[str, Any]) -> RowOutcome:
         p = await asyncio.to_thread(calls.prepare, row) if calls.needs_io(row) else calls.prepare(row)
         if isinstance(p, RowOutcome):
-            return p
+            return calls.with_prior(row, p)
         started = time.time()
         try:
             result = await client.call(calls.family, **calls.call_kwargs(p))
         except DifyError as err:
             found = await asyncio.to_thread(calls.recover, p, started) if calls.may_recover(err) else None
-            return calls.failed(p, err, found)
+            return calls.with_prior(row, calls.failed(p, err, found))
         except Exception as exc:
-            return calls.crashed(p, exc)
-        return calls.finish(p, result)
+            return calls.with_prior(row, calls.crashed(p, exc))
+        return calls.with_prior(row, calls.finish(p, result))
 
     return call_row
 

@@ -43,13 +43,18 @@ _canonical = encoder(
 )
 
 
+def _plain(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """A dict the C encoder takes as an object (any other Mapping is copied into one)."""
+    return mapping if type(mapping) is dict else dict(mapping)
+
+
 def input_hash(app: Mapping[str, Any], query: str | None, inputs: Mapping[str, Any]) -> str:
     """Hex sha256 of the canonical JSON of what is sent: redo="changed" compares it with the stored one.
 
     Canonical = sorted keys, no whitespace, UTF-8; so the same request hashes the same from SQL
     rows, DataFrame rows, any Python version or machine.
     """
-    payload = _canonical({"app": dict(app), "query": query, "inputs": dict(inputs)})
+    payload = _canonical({"app": _plain(app), "query": query, "inputs": _plain(inputs)})
     return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -163,10 +168,14 @@ class PromptBuilder:
     def build(self, row: Mapping[str, Any]) -> Prompt:
         row_id = row[self.id_column]
         inputs = self._inputs(row, row_id)
-        files = {
-            var: parse_cell(_text(row.get(col), row_id, col), row_id=row_id, column=col)
-            for var, col in self.file_columns.items()
-        }
+        files = (
+            {
+                var: parse_cell(_text(row.get(col), row_id, col), row_id=row_id, column=col)
+                for var, col in self.file_columns.items()
+            }
+            if self.file_columns
+            else {}
+        )
         sent = {**inputs, **files} if files else inputs
         query = self._query(row, row_id, sent) if self.family != "workflow" else None
         return Prompt(

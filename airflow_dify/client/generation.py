@@ -110,7 +110,8 @@ class AttemptBook:
     __slots__ = ("estimate", "completion_estimate", "attempts", "maybe_billed")
 
     def __init__(self, body: dict[str, Any], completion_estimate: int) -> None:
-        text = len(body.get("query") or "") + sum(len(str(v)) for v in (body.get("inputs") or {}).values())
+        inputs = body.get("inputs")
+        text = len(body.get("query") or "") + (sum(len(str(v)) for v in inputs.values()) if inputs else 0)
         self.completion_estimate = completion_estimate
         self.estimate = completion_estimate + text // 4
         self.attempts = 0

@@ -16,6 +16,8 @@ import httptools
 
 #: Buffered, unread body bytes of a stream before the socket stops being read.
 HIGH_WATER = 256 * 1024
+#: Headers that delimit a body; without either, it ends when the connection closes.
+_FRAMING = frozenset(("content-length", "transfer-encoding"))
 
 
 class BodyBroken(Exception):
@@ -171,20 +173,21 @@ class Connection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        key = name.decode("latin-1").lower()
+        if key in _FRAMING:
+            self._framed = True
+        self._headers.append((key, value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # an informational answer: the real one follows
             self._headers = []
+            self._framed = False
             self._informational = True
             return
         self._status = status
         self._headed = True
-        framed = status in (204, 304) or any(
-            name in ("content-length", "transfer-encoding") for name, _ in self._headers
-        )
-        self._eof_delimited = not framed
+        self._eof_delimited = not (self._framed or status in (204, 304))
         if not self._whole:
             self._wake()
 
@@ -215,7 +218,7 @@ class Connection(asyncio.Protocol):
         self._chunks = []
         self._buffered = 0
         self._paused = False
-        self._headed = self._complete = self._informational = self._eof_delimited = False
+        self._headed = self._complete = self._informational = self._eof_delimited = self._framed = False
         self._keep_alive = False
         self._error = None
         self._waiter = None

@@ -96,6 +96,7 @@ class Http1Transport(PoolOptions):
     def __init__(self, *, pool_size: int = 16, verify_ssl: bool = True, keepalive: float = 60.0) -> None:
         super().__init__(pool_size=pool_size, verify_ssl=verify_ssl, keepalive=keepalive)
         self._routes: dict[str, _Route | None] = {}
+        self._targets: dict[str, tuple[_Route | None, str]] = {}
         self._idle: dict[tuple[str, str, int], list[Connection]] = {}
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -234,6 +235,9 @@ class Http1Transport(PoolOptions):
 
     # -- requests ----------------------------------------------------------------------------------
     def _route(self, url: str, label: str) -> tuple[_Route | None, str]:
+        known = self._targets.get(url)  # a batch sends every row to the same URL
+        if known is not None:
+            return known
         start = url.find("//") + 2
         cut = url.find("/", start)
         origin, target = (url, "/") if cut < 0 else (url[:cut], url[cut:])
@@ -244,7 +248,10 @@ class Http1Transport(PoolOptions):
             if len(self._routes) >= 64:
                 self._routes.clear()
             self._routes[origin] = self._new_route(origin, label)
-        return self._routes[origin], target
+        if len(self._targets) >= 256:  # per-run URLs (workflow run look-ups) must not pile up
+            self._targets.clear()
+        found = self._targets[url] = (self._routes[origin], target)
+        return found
 
     def _new_route(self, origin: str, label: str) -> _Route | None:
         try:
