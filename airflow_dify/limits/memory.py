@@ -65,6 +65,8 @@ class MemoryPool(ReservingPool):
     :param sleep: defaults to ``time.sleep``.
     """
 
+    local_store = True
+
     def __init__(
         self, settings: PoolSettings, *, clock: Clock | None = None, sleep: Sleep | None = None
     ) -> None:

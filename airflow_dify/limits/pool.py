@@ -64,6 +64,9 @@ class ReservingPool:
     :param sleep: how to wait (injected so unit tests run on a fake clock).
     """
 
+    #: The store is this process's memory: its operations never wait on I/O.
+    local_store = False
+
     def __init__(self, settings: PoolSettings, *, clock: Clock, sleep: Sleep) -> None:
         self.settings = settings
         self.rates = Rates.from_settings(settings)
@@ -257,8 +260,13 @@ class Permit:
     async def settle_async(self, actual_tokens: int | None = None) -> None:
         """:meth:`settle` for a coroutine: the store round trip does not block the loop."""
         delta = self._claim(actual_tokens)
-        if delta is not None:
-            await self._pool._release_async(self._slot_id, delta)
+        if delta is None:
+            return
+        pool = self._pool
+        if pool.local_store:  # no round trip: no coroutine either
+            pool._release(self._slot_id, delta)
+        else:
+            await pool._release_async(self._slot_id, delta)
 
     def __enter__(self) -> Permit:
         return self
