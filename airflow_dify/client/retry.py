@@ -174,7 +174,6 @@ async def acall_with_retries(policy: RetryPolicy, label: str, fn: Callable[[], A
     (retry?, wait, stop?, before_sleep, sleep), on one ``RetryCallState`` timed from the first
     attempt's start, so ``max_elapsed`` and the attempt count mean what they mean in the sync path.
     """
-    controller = policy.async_retrying(label)
     started = time.monotonic()
     state: RetryCallState | None = None
     number = 0
@@ -185,7 +184,8 @@ async def acall_with_retries(policy: RetryPolicy, label: str, fn: Callable[[], A
         except DifyError as err:
             failure = err if err.attempts == number else err.evolve(attempts=number)
             cause = err.__cause__
-        if state is None:
+        if state is None:  # the first failure: only now is the controller looked up
+            controller = policy.async_retrying(label)
             state = RetryCallState(controller, fn, (), {})
             state.start_time = started
         state.attempt_number = number
