@@ -18,7 +18,8 @@ from collections import deque
 #: How much later than its admission one request may reach the server's clock than another
 #: (seconds): twice the interpreter's GIL switch interval (5 ms), since the loop may wait for the
 #: lock between admission and write while the caller's thread is in a long C call. At 5 ms, 1 run
-#: in 3 of bench scenario d saw a 1 s window of 102; at 10 ms, none in 3 (worst 100-101).
+#: in 3 of bench scenario d saw a 1 s window of 102; at 10 ms, 8 of 9 stayed at 100-101 (the ninth,
+#: 106, followed an ~80 ms stall, which no skew covers).
 SKEW = 0.010
 
 
