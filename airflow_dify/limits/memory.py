@@ -86,43 +86,39 @@ class MemoryPool(ReservingPool):
         return await super().acquire_async(tokens, timeout=timeout)
 
     def _free_slot_now(self, tokens: int) -> Permit | None:
-        sh, cap = self._sh, self.settings.max_concurrency
-        with sh.cond:
+        with self._sh.cond:
             now = self._clock()
-            if sh.state.penalty_until > now:
+            if self._sh.state.penalty_until > now or self._full(now):
                 return None
-            slot_id = None
-            if cap is not None:
-                if len(sh.slots) >= cap:
-                    self._expire(now)
-                    if len(sh.slots) >= cap:
-                        return None
-                slot_id = str(next(sh.ids))
-                sh.slots[slot_id] = now + self.settings.lease_seconds
-        return Permit(self, slot_id, tokens, now)
+            return Permit(self, self._take_slot(now), tokens, now)
 
-    def _expire(self, now: float) -> None:
-        slots = self._sh.slots
+    def _full(self, now: float) -> bool:
+        """Under ``cond``: every slot is held (expired leases are dropped first)."""
+        cap, slots = self.settings.max_concurrency, self._sh.slots
+        if cap is None or len(slots) < cap:
+            return False
         for slot_id in [s for s, exp in slots.items() if exp <= now]:
             del slots[slot_id]
+        return len(slots) >= cap
+
+    def _take_slot(self, start: float) -> str | None:
+        """Under ``cond``: a new slot whose lease runs from ``start`` (None without a cap)."""
+        if self.settings.max_concurrency is None:
+            return None
+        slot_id = str(next(self._sh.ids))
+        self._sh.slots[slot_id] = start + self.settings.lease_seconds
+        return slot_id
 
     def _try_grant(self, tokens: int, max_wait: float) -> Grant | Busy | None:
-        sh, cap = self._sh, self.settings.max_concurrency
+        sh = self._sh
         with sh.cond:
             now = self._clock()
-            if cap is not None:
-                if len(sh.slots) >= cap:
-                    self._expire(now)
-                if len(sh.slots) >= cap:
-                    return Busy(min(sh.slots.values()) - now, sh.generation)
+            if self._full(now):
+                return Busy(min(sh.slots.values()) - now, sh.generation)
             start = reserve(sh.state, self.rates, now, tokens, max_wait)
             if start is None:
                 return None
-            slot_id = None
-            if cap is not None:
-                slot_id = str(next(sh.ids))
-                sh.slots[slot_id] = start + self.settings.lease_seconds
-            return Grant(slot_id, start - now)
+            return Grant(self._take_slot(start), start - now)
 
     def _wait_for_slot(self, busy: Busy, seconds: float) -> None:
         if self._injected_sleep:  # a fake clock only moves through its sleep: poll with it

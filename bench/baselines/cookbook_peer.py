@@ -33,7 +33,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.baselines.peer_report import CHAT_PATH, ThreadWatch, count_results, cpu_seconds, main, report
+from bench.baselines.peer_report import CHAT_PATH, ThreadWatch, count_results, main, report, timed
 
 SECONDS_TO_PAUSE_AFTER_RATE_LIMIT_ERROR = 15
 SECONDS_TO_SLEEP_EACH_LOOP = 0.001  # 1 ms limits max throughput to 1,000 requests per second
@@ -308,9 +308,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         finally:
             threads.stop()
 
-    started, cpu0, t0 = time.monotonic(), cpu_seconds(), time.perf_counter()
-    tracker = asyncio.run(go())
-    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    tracker, started, wall, cpu = timed(asyncio.run, go)
     ok, bad = count_results(spec["results"])
     return report(
         peer="cookbook",

@@ -14,8 +14,8 @@ import json
 import resource
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Generic, NamedTuple, TypeVar
 
 RESULT_PREFIX = "BENCH_RESULT "
 CHAT_PATH = "/chat-messages"
@@ -92,6 +92,26 @@ class ThreadWatch:
         self.peak = max(self.peak, threads_now())
         if self._timer is not None:
             self._timer.cancel()
+
+
+R = TypeVar("R")
+
+
+class Timed(NamedTuple, Generic[R]):
+    """What :func:`timed` returns: the coroutine's result and the span it took."""
+
+    result: R
+    started: float
+    wall: float
+    cpu: float
+
+
+def timed(run: Callable[[Coroutine[Any, Any, R]], R], go: Callable[[], Coroutine[Any, Any, R]]) -> Timed[R]:
+    """``run(go())`` (``asyncio.run``, ``uvloop.run``) and the span every peer reports: monotonic
+    start (the server log's clock), wall seconds, CPU seconds of the whole process."""
+    started, cpu0, t0 = time.monotonic(), cpu_seconds(), time.perf_counter()
+    result = run(go())
+    return Timed(result, started, time.perf_counter() - t0, cpu_seconds() - cpu0)
 
 
 def report(

@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any
 
-from bench.baselines.peer_report import CHAT_PATH, ThreadWatch, count_results, cpu_seconds, main, report
+from bench.baselines.peer_report import CHAT_PATH, ThreadWatch, count_results, main, report, timed
 
 
 async def _drain(spec: dict[str, Any], lines: Any, out: Any) -> tuple[int, list[float]]:
@@ -72,9 +72,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         finally:
             threads.stop()
 
-    started, cpu0, t0 = time.monotonic(), cpu_seconds(), time.perf_counter()
-    uvloop.run(go())
-    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    _, started, wall, cpu = timed(uvloop.run, go)
     ok, bad = count_results(spec["results"])
     return report(
         peer="floor",

@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.baselines.peer_report import CHAT_PATH, ThreadWatch, count_results, cpu_seconds, main, report
+from bench.baselines.peer_report import CHAT_PATH, ThreadWatch, count_results, main, report, timed
 
 TRANSIENT = frozenset({429, 500, 502, 503, 504, 524})
 BACKOFF_SECONDS = 0.25
@@ -169,9 +169,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         finally:
             threads.stop()
 
-    started, cpu0, t0 = time.monotonic(), cpu_seconds(), time.perf_counter()
-    uvloop.run(go())
-    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    _, started, wall, cpu = timed(uvloop.run, go)
     ok, bad = count_results(spec["results"])
     return report(
         peer="tuned",
