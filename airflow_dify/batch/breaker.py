@@ -113,6 +113,11 @@ class CircuitBreaker:
         self._outage_since: float | None = None
         self.trip: Trip | None = None
 
+    @staticmethod
+    def watches(outcome: RowOutcome) -> bool:
+        """An outcome the breaker counts (the engine hands these over without waiting)."""
+        return outcome.failure is not None
+
     def holds_back(self, outcome: RowOutcome) -> bool:
         """Note one outcome; True when its row must be left pending instead of written."""
         kind = outcome.failure

@@ -71,6 +71,8 @@ class CallPool(Generic[T]):
         caller has nothing to do for them (ready items left, room under ``unsaved_limit``); 0:
         every pass of the loop. :meth:`wait` reports when the oldest of them ended.
     :param may_start: asked on the loop right before each call (budget cap); False stops the pool.
+    :param urgent: asked on the loop of each outcome; True hands it over at once, not after
+        ``hold`` (the circuit breaker must see a revoked key before more calls start).
     :param on_close: awaited on the loop once every call has ended (close the HTTP connections,
         the Redis asyncio client), before the loop is closed.
     :param close_timeout: how long :meth:`close` lets running calls finish before cancelling them
@@ -87,6 +89,7 @@ class CallPool(Generic[T]):
         hold: float = 0.0,
         stop: StopSignal | None = None,
         may_start: Callable[[T], bool] | None = None,
+        urgent: Callable[[RowOutcome], bool] | None = None,
         on_close: Callable[[], Awaitable[None]] | None = None,
         close_timeout: float | None = None,
     ) -> None:
@@ -105,6 +108,7 @@ class CallPool(Generic[T]):
         self.oldest_end: float | None = None
         self._call = call
         self._may_start = may_start
+        self._urgent = urgent
         self._on_close = on_close
         self._close_timeout = close_timeout
         self._released = 0  # written by the caller's thread only
@@ -251,10 +255,17 @@ class CallPool(Generic[T]):
             or len(self._ended) >= self.max_concurrency
             or self._started - self._released >= self.unsaved_limit  # waits for the caller to save
             or self.stop.stopped
+            or (self._urgent is not None and self._is_urgent(task))
         ):
             self._hand_over_soon()
         elif self._timer is None:
             self._timer = self._loop.loop.call_later(self._hold, self._hand_over)
+
+    def _is_urgent(self, task: Task) -> bool:
+        if task.cancelled() or task.exception() is not None:  # wait() raises it
+            return True
+        outcome = task.result()
+        return outcome is not None and self._urgent is not None and self._urgent(outcome)
 
     def _hand_over_soon(self) -> None:
         if not self._soon:

@@ -188,6 +188,7 @@ def drive(
         hold=options.commit_seconds / 4,
         stop=stop,
         may_start=may_start,
+        urgent=CircuitBreaker.watches,
         on_close=on_close,
     )
     breaker = CircuitBreaker(threshold=options.breaker_threshold, outage_seconds=options.outage_seconds)

@@ -118,7 +118,7 @@ class DifyBatchOperator(BaseOperator):
         outcome), written in the same transaction as the row's result; created when missing.
         Spend stays exact after answers are replaced. None: no ledger.
     :param commit_rows: answered rows written per transaction (default 64).
-    :param commit_seconds: an answer waits at most this long to be written (default 0.05 s). A
+    :param commit_seconds: an answer waits at most this long to be written (default 0.5 s). A
         crash (even SIGKILL) loses at most ``max_concurrency + commit_rows - 1`` answers, reported
         as the summary's ``crash_bound``; the next run asks those rows again (``user_per_row``:
         looks them up instead).

@@ -13,7 +13,7 @@ from typing import Any
 
 from airflow_dify.batch.engine import CallPool
 from airflow_dify.client.async_client import AsyncDifyClient
-from airflow_dify.outcome import SUCCEEDED, RowOutcome
+from airflow_dify.outcome import FAILED, SUCCEEDED, RowOutcome
 from airflow_dify.testing import FakeDify
 
 
@@ -193,5 +193,33 @@ def test_held_completions_report_when_they_ended() -> None:
         gate.set()
     while pool.outstanding:
         pool.release(len(pool.wait(timeout=1)))
+    pool.close()
+    assert sorted(started) == [1, 2, 3, 4, 5, 6]
+
+
+def test_an_urgent_outcome_is_handed_over_without_the_hold() -> None:
+    """A revoked key must reach the circuit breaker before more calls start: an outcome that
+    ``urgent`` picks skips the hold that batches ordinary answers (same set-up as the test above,
+    where row 1 is held)."""
+    started: list[int] = []
+    gates = {2: threading.Event(), 3: threading.Event(), 4: threading.Event()}
+    plain = _gated(started, gates)
+
+    async def call(row_id: int) -> RowOutcome:
+        outcome = await plain(row_id)
+        return RowOutcome(row_id, FAILED, error="401", failure="systemic") if row_id == 1 else outcome
+
+    pool: CallPool[int] = CallPool(
+        call, max_concurrency=2, ahead=4, unsaved_limit=10, hold=5.0, urgent=lambda o: o.failure is not None
+    )
+    pool.fill(iter(range(1, 7)))
+    t0 = time.monotonic()
+    got = pool.wait(timeout=10)
+    assert [o.row_id for o in got] == [1]
+    assert time.monotonic() - t0 < 2.0  # not held for 5 s
+    for gate in gates.values():
+        gate.set()
+    while pool.outstanding:
+        pool.release(len(pool.wait(timeout=10)))
     pool.close()
     assert sorted(started) == [1, 2, 3, 4, 5, 6]
