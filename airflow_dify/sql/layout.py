@@ -85,15 +85,23 @@ class ResultStore:
     def __init__(self, db: SqlConnection, schema: Schema, names: TableNames, claims: bool) -> None:
         self.db, self.schema, self.names, self.claims = db, schema, names, claims
         self._seeded: set[str] = set()
+        #: Columns seen to exist: a column the batch needs is not dropped under it, so each page's
+        #: check costs no schema query (one round trip per page on PostgreSQL and MySQL).
+        self._present: set[str] = set()
 
     # -- what is there --------------------------------------------------------------------------
     def _columns(self) -> Columns | None:
         return self.schema.columns(self.names.store)
 
     def has(self, field: str) -> bool:
-        cols = self._columns()
         name = field if field in CLAIM_FIELDS else getattr(self.names.columns, field)
-        return cols is not None and cols.find(name) is not None
+        if name in self._present:
+            return True
+        cols = self._columns()
+        found = cols is not None and cols.find(name) is not None
+        if found:
+            self._present.add(name)
+        return found
 
     def has_claims(self) -> bool:
         cols = self._columns()

@@ -344,3 +344,32 @@ def test_generic_dialect_uses_the_driver_paramstyle(tmp_path: Path) -> None:
         assert ids == [-5, -3, -1, 1, 5]
         generic.write_results([RowOutcome(row_id=1, status="failed")])
         assert table.count_todo(redo="pending") == 10
+
+
+@pytest.mark.parametrize("claims", [False, True])
+def test_later_pages_ask_the_schema_nothing(tmp_path: Path, claims: bool) -> None:
+    """The columns a page needs were found once; no page pays a schema query again (on
+    PostgreSQL and MySQL each one is a round trip to information_schema)."""
+    path = tmp_path / "pages.db"
+    with sqlite3.connect(path) as setup:
+        setup.execute("CREATE TABLE prompts (id INTEGER PRIMARY KEY, prompt TEXT)")
+        setup.executemany("INSERT INTO prompts VALUES (?, ?)", [(i, f"p{i}") for i in range(1, 51)])
+    setup.close()
+    statements: list[str] = []
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(path)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    table = SqlTable(connect, "prompts", dialect="sqlite", claims=claims)
+    try:
+        table.ensure_result_columns()
+        chunks = table.iter_chunks(5)
+        assert len(next(chunks)) == 5
+        statements.clear()
+        assert sum(len(chunk) for chunk in chunks) == 45
+        assert len([s for s in statements if s.startswith("SELECT t.")]) == 10  # 9 pages, then the end
+        assert [s for s in statements if "table_info" in s] == []
+    finally:
+        table.close()
