@@ -112,6 +112,9 @@ class CircuitBreaker:
         self._systemic = 0
         self._outage_since: float | None = None
         self.trip: Trip | None = None
+        #: The last outcome was one every row may get: drive adds no rows until the calls in
+        #: flight say whether it opens (each added row would pay to learn the same).
+        self.wary = False
 
     @staticmethod
     def watches(outcome: RowOutcome) -> bool:
@@ -123,8 +126,10 @@ class CircuitBreaker:
         kind = outcome.failure
         if kind is None:
             self._outage_since = None  # Dify answered (a success or this row's own error): no outage
+            self.wary = False
             return False
         if kind == SYSTEMIC:
+            self.wary = True
             self._systemic += 1
             first_is_enough = outcome.error_code in ("unauthorized", "forbidden", "not_found")
             if self.trip is None and (first_is_enough or self._systemic >= self.threshold):

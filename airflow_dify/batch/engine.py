@@ -109,6 +109,9 @@ class CallPool(Generic[T]):
         self._call = call
         self._may_start = may_start
         self._urgent = urgent
+        #: Set on the loop when an urgent outcome is on its way to wait(); fill() adds nothing
+        #: until wait() has taken it (a slow commit must not refill behind a revoked key).
+        self._urgent_waiting = False
         self._on_close = on_close
         self._close_timeout = close_timeout
         self._released = 0  # written by the caller's thread only
@@ -129,6 +132,8 @@ class CallPool(Generic[T]):
     def fill(self, items: Iterator[T]) -> None:
         """Hand items over until ``max_concurrency + ahead`` are outstanding, the iterator ends,
         or we stop."""
+        if self._urgent_waiting:  # wait() first: the breaker may stop the run on it
+            return
         if self.stop.stopped:
             if self.outstanding and not self._drain_asked:  # ready items come back as never started
                 self._drain_asked = True
@@ -164,6 +169,7 @@ class CallPool(Generic[T]):
             batches = [self._done.get(timeout=timeout)]
         except queue.Empty:
             return outcomes
+        self._urgent_waiting = False
         while True:
             try:
                 batches.append(self._done.get_nowait())
@@ -249,13 +255,13 @@ class CallPool(Generic[T]):
         if self._ready:
             self._pump()
         if (
-            self._hold <= 0
+            (self._urgent is not None and self._is_urgent(task))  # first: it sets _urgent_waiting
+            or self._hold <= 0
             or len(self._ready) <= self._low_water  # the caller should hand more over
             or not self._running
             or len(self._ended) >= self.max_concurrency
             or self._started - self._released >= self.unsaved_limit  # waits for the caller to save
             or self.stop.stopped
-            or (self._urgent is not None and self._is_urgent(task))
         ):
             self._hand_over_soon()
         elif self._timer is None:
@@ -265,7 +271,10 @@ class CallPool(Generic[T]):
         if task.cancelled() or task.exception() is not None:  # wait() raises it
             return True
         outcome = task.result()
-        return outcome is not None and self._urgent is not None and self._urgent(outcome)
+        if outcome is not None and self._urgent is not None and self._urgent(outcome):
+            self._urgent_waiting = True
+            return True
+        return False
 
     def _hand_over_soon(self) -> None:
         if not self._soon:

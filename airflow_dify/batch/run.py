@@ -193,24 +193,29 @@ def drive(
     )
     breaker = CircuitBreaker(threshold=options.breaker_threshold, outage_seconds=options.outage_seconds)
     commit = GroupCommit(sink, summary, rows=options.commit_rows, seconds=options.commit_seconds)
+
+    def take(outcomes: list[RowOutcome]) -> None:
+        saved, held = [], []  # held back rows stay pending; their calls may be billed
+        for o in outcomes:
+            if not breaker.holds_back(o):
+                saved.append(o)
+            elif o.maybe_billed or o.earlier_maybe_billed:
+                held.append(o)
+        commit.add(saved, held, since=calls.oldest_end)
+        calls.release(len(outcomes) - len(saved) - len(held))  # not billed: nothing to save
+        summary.left_pending += len(outcomes) - len(saved)
+        if breaker.trip is not None:
+            stop.stop("breaker")
+
     try:
         while True:
-            calls.fill(rows)
+            if not breaker.wary or not calls.outstanding:
+                calls.fill(rows)
             if calls.finished:
                 break
             outcomes = calls.wait(timeout=commit.wait_limit(0.5))
             if outcomes:
-                saved, held = [], []  # held back rows stay pending; their calls may be billed
-                for o in outcomes:
-                    if not breaker.holds_back(o):
-                        saved.append(o)
-                    elif o.maybe_billed or o.earlier_maybe_billed:
-                        held.append(o)
-                commit.add(saved, held, since=calls.oldest_end)
-                calls.release(len(outcomes) - len(saved) - len(held))  # not billed: nothing to save
-                summary.left_pending += len(outcomes) - len(saved)
-                if breaker.trip is not None:
-                    stop.stop("breaker")
+                take(outcomes)
             if commit.due():
                 calls.release(commit.flush())  # saved: room under the crash bound again
             source.heartbeat()
@@ -220,13 +225,34 @@ def drive(
         try:
             commit.flush()  # an error is on its way out: still save every answer we hold
         finally:
-            calls.close()
+            calls.close()  # lets the running calls end: their answers are paid for
+            _save_late(calls, take, commit, logger)
     summary.stopped = stop.reason if stop.reason not in (None, "closed") else None
     if breaker.trip is not None:
         summary.stopped_reason = breaker.message(summary.rows_selected - summary.processed)
     summary.finished = time.monotonic()
     progress.final()
     return summary
+
+
+def _save_late(
+    calls: CallPool[Any], take: Callable[[list[RowOutcome]], None], commit: GroupCommit, logger: Any
+) -> None:
+    """After close(): answers of calls that were running when ``drive`` stopped on an error (a
+    page that cannot be read, a bug) are still saved. Never raises: the error on its way out is
+    the one to report."""
+    try:
+        while late := calls.wait(timeout=0):
+            take(late)
+        if commit.pending:
+            logger.warning("saving %d answer(s) of calls that ended after the run stopped", commit.pending)
+            commit.flush()
+    except Exception as exc:  # noqa: BLE001 - the first error is the one that propagates
+        logger.error(
+            "%d answer(s) could not be saved after the run stopped (%s); a re-run asks those rows again",
+            commit.pending,
+            type(exc).__name__,
+        )
 
 
 __all__ = ["ResultSink", "RowSource", "SupportsBatch", "drive", "run_batch"]

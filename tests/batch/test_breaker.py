@@ -60,11 +60,27 @@ def test_a_systemic_error_stops_the_run_and_leaves_the_rest_pending(error: DifyE
     rows = Rows(500, client)
     summary = run(rows, max_concurrency=8)
     assert summary.stopped == "breaker" and error.code in (summary.stopped_reason or "")
+    # About the rows already handed over (max_concurrency + as many ready): after an error every
+    # row may get, drive adds none until the breaker decides (a retried 429 may add one).
     assert client.calls_after_first_failure <= 16  # 2 x max_concurrency
     assert len(rows.saved) == 40 and all(o.status == "succeeded" for o in rows.saved.values())
     pending = 500 - len(rows.saved)
     assert pending >= 400 and f"{pending:,} row(s) left pending" in (summary.stopped_reason or "")
     assert summary.left_pending == client.failures_seen  # called, got the error, not written
+
+
+def test_one_systemic_error_then_answers_does_not_hold_the_run_back() -> None:
+    """The breaker's wariness ends with the next answer: one quota blip leaves one row pending and
+    the run goes on to the end."""
+
+    def blip(i: int) -> None:
+        if i == 10:
+            raise DifyBadRequestError("quota", status=400, code="provider_quota_exceeded")
+
+    rows = Rows(200, ScriptedClient(blip))
+    summary = run(rows, max_concurrency=4)
+    assert summary.stopped is None and summary.left_pending == 1
+    assert sorted(rows.saved) == [i for i in range(1, 201) if i != 10]
 
 
 def test_row_errors_do_not_trip_it() -> None:

@@ -223,3 +223,32 @@ def test_an_urgent_outcome_is_handed_over_without_the_hold() -> None:
         pool.release(len(pool.wait(timeout=10)))
     pool.close()
     assert sorted(started) == [1, 2, 3, 4, 5, 6]
+
+
+def test_fill_adds_nothing_while_an_urgent_outcome_waits_for_the_caller() -> None:
+    """A caller back from a slow commit must not refill the loop behind a revoked key: until
+    wait() has taken the urgent outcome (and the breaker has seen it), fill() hands nothing over."""
+    started: list[int] = []
+    revoked = threading.Event()
+
+    async def call(row_id: int) -> RowOutcome:
+        started.append(row_id)
+        if row_id != 2:
+            return _answer(row_id)
+        while not revoked.is_set():
+            await asyncio.sleep(0.005)
+        return RowOutcome(row_id, FAILED, error="401", failure="systemic")
+
+    pool: CallPool[int] = CallPool(call, max_concurrency=2, urgent=lambda o: o.failure is not None)
+    rows = iter(range(1, 100))
+    pool.fill(rows)  # rows 1 and 2
+    assert [o.row_id for o in pool.wait(timeout=5)] == [1]  # room for one more: a commit starts
+    revoked.set()  # row 2 fails while the caller commits
+    _until(lambda: pool._urgent_waiting)
+    pool.fill(rows)  # back from the commit
+    assert started == [1, 2] and pool.outstanding == 1
+    assert [o.row_id for o in pool.wait(timeout=5)] == [2]
+    pool.stop.stop("breaker")  # what drive does on it
+    pool.fill(rows)
+    pool.close()
+    assert started == [1, 2]

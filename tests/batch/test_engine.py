@@ -281,3 +281,30 @@ def test_summary_reports_what_was_saved() -> None:
     result = run(rows).to_dict()
     assert result["succeeded"] == 3 and result["total_tokens"] == 300 and result["total_price"] == "0.03"
     assert {"rows_selected", "failed", "prompt_tokens", "completion_tokens", "currency"} <= _keys(result)
+
+
+class BrokenSecondPage(Rows):
+    """The second page cannot be read (a dropped connection, a bad cast in ``where``)."""
+
+    def iter_chunks(self, chunk_size: int, **_: Any) -> Iterator[list[dict[str, Any]]]:
+        yield [{**r, STATUS_KEY: None} for r in self.rows[:chunk_size]]
+        raise RuntimeError("page 2 cannot be read")
+
+
+def test_answers_running_when_a_page_read_fails_are_still_saved() -> None:
+    """Money first: the calls running when ``drive`` stops on an error were paid for; close()
+    lets them end, and their answers are written before the error goes on."""
+    gate = threading.Event()
+
+    def hook(i: int) -> None:
+        if i != 1:  # row 1 ends at once: the caller reads page 2 while 2-5 are in flight
+            gate.wait(timeout=WAIT)
+
+    client = ScriptedClient(hook)
+    rows = BrokenSecondPage(20, client)
+    threading.Timer(1.0, gate.set).start()  # long after page 2 failed (~commit_seconds / 4)
+    with pytest.raises(RuntimeError, match="page 2"):
+        run(rows, max_concurrency=4, chunk_size=8)
+    assert client.started == 5  # 1-4, then 5 from the ready rows when 1 ended; 6-8 never started
+    assert sorted(rows.saved) == [1, 2, 3, 4, 5]
+    assert all(o.answer == f"a{i}" for i, o in rows.saved.items())
