@@ -221,6 +221,12 @@ class Dialect:
         """Statement that starts a claim transaction holding the write lock (SQLite only)."""
         return "BEGIN IMMEDIATE" if self.name == "sqlite" else None
 
+    @property
+    def transactional_ddl(self) -> bool:
+        """Whether ``ALTER TABLE`` joins a transaction (and rolls back with it). MySQL commits each
+        one on its own; a generic engine is not assumed to."""
+        return self.name in ("sqlite", "postgres")
+
     def quote(self, name: str, setting: str, *, qualified: bool = False) -> str:
         return quote_identifier(name, setting, qualified=qualified, dialect=self.name)
 

@@ -174,26 +174,44 @@ class ResultStore:
             )
 
     def _add_missing(self, wanted: list[tuple[str, str]]) -> list[str]:
-        names, dialect = self.names, self.db.dialect
+        names = self.names
+        cols = self._columns()
+        missing = [(f, c) for f, c in wanted if cols is None or cols.find(c) is None]
+        if not missing:
+            return []
+        # Registered before they exist: a concurrent run that sees a column sees it as ours.
+        self.schema.register(names.store, [c for _, c in missing])
+        if self.db.dialect.transactional_ddl and len(missing) > 1:
+            try:  # one commit (one fsync on SQLite, one round trip each on PostgreSQL) for them all
+                with self.db.transaction() as cur:
+                    for field, _ in missing:
+                        cur.execute(self._add_sql(field))
+                return [c for _, c in missing]
+            except Exception:  # noqa: BLE001 - rolled back whole; column by column says which and why
+                log.debug("adding %d result columns at once failed; adding them one by one", len(missing))
+        return self._add_one_by_one(missing)
+
+    def _add_one_by_one(self, missing: list[tuple[str, str]]) -> list[str]:
         added: list[str] = []
-        for field, name in wanted:
+        for field, name in missing:
             cols = self._columns()
             if cols is not None and cols.find(name) is not None:
-                continue
-            kind = names.column_type(field, dialect.name, dialect.column_types)
-            sql = f"ALTER TABLE {names.q_store} ADD COLUMN {names.quoted(field)} {kind}"
-            # Registered before it exists: a concurrent run that sees the column sees it as ours.
-            self.schema.register(names.store, [name])
+                continue  # another run added it meanwhile
             try:
-                self.db.execute_commit(sql)
+                self.db.execute_commit(self._add_sql(field))
                 added.append(name)
             except Exception as exc:
                 again = self._columns()
                 if again is None or again.find(name) is None:  # not another task's concurrent add
                     raise SqlTableError(
-                        f"table {names.store!r}: cannot add result column {name!r} ({error_brief(exc)})"
+                        f"table {self.names.store!r}: cannot add result column {name!r} ({error_brief(exc)})"
                     ) from exc
         return added
+
+    def _add_sql(self, field: str) -> str:
+        names, dialect = self.names, self.db.dialect
+        kind = names.column_type(field, dialect.name, dialect.column_types)
+        return f"ALTER TABLE {names.q_store} ADD COLUMN {names.quoted(field)} {kind}"
 
     def _create_results_table(self) -> list[str]:
         names, dialect = self.names, self.db.dialect
