@@ -330,12 +330,11 @@ def test_concurrent_ensure_result_columns_both_succeed(db: Backend) -> None:
     assert set(all_names) <= set(table_for(db).existing_columns())
 
 
-def test_a_fresh_table_gets_all_its_result_columns_in_one_commit(tmp_path: Path) -> None:
-    """A first run used to pay two commits (two fsyncs on SQLite) and a schema query per added
-    column: ~35 ms before the first call on a fresh SQLite table, more round trips on a server."""
-    path = tmp_path / "fresh.db"
+def _traced_prompts(path: Path, rows: int) -> tuple[Any, list[str]]:
+    """A SQLite ``prompts`` table of ``rows`` rows, and a connect() whose statements are recorded."""
     with sqlite3.connect(path) as setup:
         setup.execute("CREATE TABLE prompts (id INTEGER PRIMARY KEY, prompt TEXT)")
+        setup.executemany("INSERT INTO prompts VALUES (?, ?)", [(i, f"p{i}") for i in range(1, rows + 1)])
     setup.close()
     statements: list[str] = []
 
@@ -344,6 +343,13 @@ def test_a_fresh_table_gets_all_its_result_columns_in_one_commit(tmp_path: Path)
         conn.set_trace_callback(statements.append)
         return conn
 
+    return connect, statements
+
+
+def test_a_fresh_table_gets_all_its_result_columns_in_one_commit(tmp_path: Path) -> None:
+    """A first run used to pay two commits (two fsyncs on SQLite) and a schema query per added
+    column: ~35 ms before the first call on a fresh SQLite table, more round trips on a server."""
+    connect, statements = _traced_prompts(tmp_path / "fresh.db", rows=0)
     table = SqlTable(connect, "prompts", dialect="sqlite")
     try:
         added = table.ensure_result_columns()
@@ -413,18 +419,7 @@ def test_generic_dialect_uses_the_driver_paramstyle(tmp_path: Path) -> None:
 def test_later_pages_ask_the_schema_nothing(tmp_path: Path, claims: bool) -> None:
     """The columns a page needs were found once; no page pays a schema query again (on
     PostgreSQL and MySQL each one is a round trip to information_schema)."""
-    path = tmp_path / "pages.db"
-    with sqlite3.connect(path) as setup:
-        setup.execute("CREATE TABLE prompts (id INTEGER PRIMARY KEY, prompt TEXT)")
-        setup.executemany("INSERT INTO prompts VALUES (?, ?)", [(i, f"p{i}") for i in range(1, 51)])
-    setup.close()
-    statements: list[str] = []
-
-    def connect() -> sqlite3.Connection:
-        conn = sqlite3.connect(path)
-        conn.set_trace_callback(statements.append)
-        return conn
-
+    connect, statements = _traced_prompts(tmp_path / "pages.db", rows=50)
     table = SqlTable(connect, "prompts", dialect="sqlite", claims=claims)
     try:
         table.ensure_result_columns()
