@@ -17,9 +17,14 @@ PEERS = ("cookbook", "tuned", "project")
 #: The project's transport alone (``bench/baselines/transport_floor.py``): run in scenario b only,
 #: where CPU per row is the target, to show how much of it is moving bytes.
 FLOOR = "floor"
-FLOOR_SCENARIOS = ("b",)
+#: The project's DataFrame path (``answer_dataframe``): the same engine and per-row path with no
+#: SQL table, so the table's share of scenario b's CPU per row shows in every run.
+FRAME = "frame"
+#: Clients that break scenario b down, run there only.
+BREAKDOWN_CLIENTS = (FLOOR, FRAME)
+BREAKDOWN_SCENARIOS = ("b",)
 #: Every client scenario "peers" can run (``--peers``).
-PEER_CLIENTS = (*PEERS, FLOOR)
+PEER_CLIENTS = (*PEERS, *BREAKDOWN_CLIENTS)
 
 
 @dataclass(frozen=True)

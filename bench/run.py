@@ -267,10 +267,12 @@ def _peer_targets(
                 lambda x: x <= 0.8,
             )
         )
-        for client in ("project", "tuned", "cookbook", "floor"):
+        for client in ("project", "tuned", "cookbook", "floor", "frame"):
             rows.append(("b 0ms/16", f"{client} CPU us/row", s("b", client, "cpu_us_per_row"), "-", info))
         floor = q("b", "floor_vs_tuned_cpu_per_row")
         rows.append(("b 0ms/16", "transport floor / tuned CPU per row", floor, "-", info))
+        table = q("b", "project_vs_frame_cpu_per_row")
+        rows.append(("b 0ms/16", "project (SQL table) / frame (no table) CPU", table, "-", info))
     if "c" in p:
         rows.append(
             (

@@ -32,7 +32,7 @@ from bench.common import (
     start_fake,
     work_dir,
 )
-from bench.config import FLOOR, FLOOR_SCENARIOS, PEER_SCENARIOS, BenchConfig
+from bench.config import BREAKDOWN_CLIENTS, BREAKDOWN_SCENARIOS, FLOOR, FRAME, PEER_SCENARIOS, BenchConfig
 
 PEER_MODULES = {
     "cookbook": "bench.baselines.cookbook_peer",
@@ -69,6 +69,18 @@ def _prepare(
             "url": fake.url,
             "key": fake.app("chat").key,
             "db": str(db),
+            "max_concurrency": concurrency,
+            "pool_concurrency": concurrency,
+            "rpm": rpm or None,
+            "rss_interval": 1.0,
+        }
+        return spec, "bench.worker", timeout
+    if name == FRAME:
+        spec = {
+            "kind": "frame",
+            "url": fake.url,
+            "key": fake.app("chat").key,
+            "rows": rows,
             "max_concurrency": concurrency,
             "pool_concurrency": concurrency,
             "rpm": rpm or None,
@@ -154,6 +166,9 @@ def _ratios(s: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     if FLOOR in s:
         out["floor_vs_tuned_cpu_per_row"] = rel(FLOOR, "tuned", "cpu_us_per_row")
         out["project_vs_floor_cpu_per_row"] = rel("project", FLOOR, "cpu_us_per_row")
+    if FRAME in s:
+        out["frame_vs_tuned_cpu_per_row"] = rel(FRAME, "tuned", "cpu_us_per_row")
+        out["project_vs_frame_cpu_per_row"] = rel("project", FRAME, "cpu_us_per_row")
     return out
 
 
@@ -161,7 +176,8 @@ def peers(cfg: BenchConfig) -> dict[str, Any]:
     rows_of, repeats_of = dict(cfg.peer_rows), dict(cfg.peer_repeats)
     out: dict[str, Any] = {"clients": list(cfg.peer_clients)}
     for scenario in cfg.peer_scenarios:
-        clients = tuple(c for c in cfg.peer_clients if c != FLOOR or scenario in FLOOR_SCENARIOS)
+        breakdown = scenario in BREAKDOWN_SCENARIOS
+        clients = tuple(c for c in cfg.peer_clients if breakdown or c not in BREAKDOWN_CLIENTS)
         latency, concurrency, rpm = PEER_SCENARIOS[scenario]
         rows, repeats = rows_of[scenario], repeats_of.get(scenario, 1)
         rate = bound(latency, concurrency, rpm)

@@ -74,12 +74,11 @@ class RssSampler:
         self._thread.join(timeout=5)
 
 
-def open_batch(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
-    """(pool, client, table, options) for the Airflow-free batch path, as the operator builds them."""
+def open_client(spec: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(pool, client, options) of a batch, as the operator builds them."""
     from airflow_dify.batch.options import BatchOptions
     from airflow_dify.client import DifyClient
     from airflow_dify.limits import PoolSettings, open_pool
-    from airflow_dify.sql.table import SqlTable
 
     concurrency = int(spec["max_concurrency"])
     settings = PoolSettings(
@@ -89,13 +88,6 @@ def open_batch(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     )
     pool = open_pool(spec.get("backend", "memory"), settings)
     client = DifyClient(spec["url"], spec["key"], pool=pool, pool_size=concurrency)
-    db_path = spec["db"]
-    table = SqlTable(
-        lambda: sqlite3.connect(db_path, timeout=30),
-        spec.get("table", "prompts"),
-        dialect="sqlite",
-        claims=bool(spec.get("claims", True)),
-    )
     shard = spec.get("shard")
     options = BatchOptions(
         app_mode="chat",
@@ -106,30 +98,33 @@ def open_batch(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
         progress_seconds=3600,
         **{k: spec[k] for k in ("commit_rows", "commit_seconds") if k in spec},
     )
+    return pool, client, options
+
+
+def open_batch(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """(pool, client, table, options) for the Airflow-free batch path, as the operator builds them."""
+    from airflow_dify.sql.table import SqlTable
+
+    pool, client, options = open_client(spec)
+    db_path = spec["db"]
+    table = SqlTable(
+        lambda: sqlite3.connect(db_path, timeout=30),
+        spec.get("table", "prompts"),
+        dialect="sqlite",
+        claims=bool(spec.get("claims", True)),
+    )
     return pool, client, table, options
 
 
-def run_batch(spec: dict[str, Any]) -> dict[str, Any]:
-    """run_batch over the table; CPU and wall time cover the batch, not imports and setup."""
-    from airflow_dify.batch.run import run_batch as run
+def _measured(spec: dict[str, Any], run: Any) -> tuple[Any, float, float, float, RssSampler]:
+    """(summary, wall start, elapsed s, CPU s, sampler) of ``run()``: the batch alone, not set-up."""
+    wall0, cpu0, t0 = time.time(), _cpu(), time.perf_counter()
+    with RssSampler(float(spec.get("rss_interval", 5.0))) as rss:
+        summary = run()
+    return summary, wall0, time.perf_counter() - t0, _cpu() - cpu0, rss
 
-    pool, client, table, options = open_batch(spec)
-    try:
-        start_at = spec.get("start_at")
-        late = 0.0
-        if start_at is not None:  # a shared start for processes that booted at different speeds
-            wait = start_at - time.time()
-            if wait > 0:
-                time.sleep(min(wait, 60.0))
-            late = max(0.0, time.time() - start_at)
-        wall0, cpu0, t0 = time.time(), _cpu(), time.perf_counter()
-        with RssSampler(float(spec.get("rss_interval", 5.0))) as rss:
-            summary = run(table, table, client, options)
-        elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
-    finally:
-        client.close()
-        pool.close()
-        table.close()
+
+def _result(summary: Any, wall0: float, elapsed: float, cpu: float, rss: RssSampler) -> dict[str, Any]:
     processed = summary.processed
     return {
         "rows": processed,
@@ -146,8 +141,46 @@ def run_batch(spec: dict[str, Any]) -> dict[str, Any]:
         "rss_samples_s_rss_hwm_mb": rss.samples,
         "started_wall": wall0,
         "ended_wall": time.time(),
-        "late_seconds": round(late, 4),
     }
+
+
+def run_batch(spec: dict[str, Any]) -> dict[str, Any]:
+    """run_batch over the table; CPU and wall time cover the batch, not imports and setup."""
+    from airflow_dify.batch.run import run_batch as run
+
+    pool, client, table, options = open_batch(spec)
+    try:
+        start_at = spec.get("start_at")
+        late = 0.0
+        if start_at is not None:  # a shared start for processes that booted at different speeds
+            wait = start_at - time.time()
+            if wait > 0:
+                time.sleep(min(wait, 60.0))
+            late = max(0.0, time.time() - start_at)
+        measured = _measured(spec, lambda: run(table, table, client, options))
+    finally:
+        client.close()
+        pool.close()
+        table.close()
+    return {**_result(*measured), "late_seconds": round(late, 4)}
+
+
+def run_frame(spec: dict[str, Any]) -> dict[str, Any]:
+    """The DataFrame path over the same prompts: the batch without its SQL table."""
+    import pandas as pd
+
+    from airflow_dify.batch.dataframe import answer_dataframe
+    from bench.common import prompt
+
+    rows = int(spec["rows"])
+    frame = pd.DataFrame({"id": range(1, rows + 1), "prompt": [prompt(i) for i in range(1, rows + 1)]})
+    pool, client, options = open_client(spec)
+    try:
+        measured = _measured(spec, lambda: answer_dataframe(frame, client, options, max_failed_ratio=None)[1])
+    finally:
+        client.close()
+        pool.close()
+    return _result(*measured)
 
 
 def run_seed(spec: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +205,13 @@ def run_profile(spec: dict[str, Any]) -> dict[str, Any]:
     return profile_client(spec)
 
 
-KINDS = {"batch": run_batch, "seed_loop": run_seed, "airflow_dags": run_airflow, "profile": run_profile}
+KINDS = {
+    "batch": run_batch,
+    "frame": run_frame,
+    "seed_loop": run_seed,
+    "airflow_dags": run_airflow,
+    "profile": run_profile,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -93,11 +93,11 @@ def test_server_rate_and_peers(tmp_path: Path) -> None:
             assert positive(server[kind][key]["median"]), (kind, key)
         assert all(run["ok"] == run["requests"] > 0 for run in server["runs"][kind])
     peers = report["scenarios"]["peers"]
-    assert peers["clients"] == ["cookbook", "tuned", "project", "floor"]
+    assert peers["clients"] == ["cookbook", "tuned", "project", "floor", "frame"]
     for name in ("a", "b", "c", "d"):
         sc = peers[name]
         assert (sc["bound_rows_per_second"] is None) == (name == "b")
-        clients = [c for c in peers["clients"] if c != "floor" or name == "b"]  # the floor: b only
+        clients = [c for c in peers["clients"] if c not in ("floor", "frame") or name == "b"]  # b only
         assert set(sc["runs"]) == set(clients)
         for client in clients:
             [run] = sc["runs"][client]
@@ -107,7 +107,7 @@ def test_server_rate_and_peers(tmp_path: Path) -> None:
             assert positive(run["fake_cpu"]["cpu_seconds"]) and "share_of_one_core" in run["fake_cpu"]
             assert sum(run["server"]["arrivals_per_second"]) == sc["rows"]
             assert sc["summary"][client]["all_rows_answered"]
-            if client != "project":
+            if client not in ("project", "frame"):
                 assert sum(run["client_launches_per_second"]) == run["client"]["launches"] == sc["rows"]
         assert all(positive(v) for v in sc["ratios"].values()), sc["ratios"]
     assert peers["d"]["summary"]["tuned"]["windows_over_60s"] == 0  # tiny runs stay under the budget
@@ -117,3 +117,5 @@ def test_server_rate_and_peers(tmp_path: Path) -> None:
     assert {"project / tuned CPU per row", "FakeDify asyncio: req/s per server CPU s"} <= metrics
     assert "transport floor / tuned CPU per row" in metrics
     assert positive(peers["b"]["ratios"]["floor_vs_tuned_cpu_per_row"])
+    assert "project (SQL table) / frame (no table) CPU" in metrics
+    assert positive(peers["b"]["ratios"]["project_vs_frame_cpu_per_row"])
