@@ -62,30 +62,19 @@ def _prepare(
     the fake's CPU is metered."""
     work = work_dir()
     timeout = _timeout(rows, rate)
-    if name == "project":
-        db = make_prompt_table(work / f"peers_{scenario}.db", rows)
+    if name in ("project", FRAME):  # the batch over a table, or the DataFrame path over a frame
         spec = {
-            "kind": "batch",
             "url": fake.url,
             "key": fake.app("chat").key,
-            "db": str(db),
             "max_concurrency": concurrency,
             "pool_concurrency": concurrency,
             "rpm": rpm or None,
             "rss_interval": 1.0,
         }
-        return spec, "bench.worker", timeout
-    if name == FRAME:
-        spec = {
-            "kind": "frame",
-            "url": fake.url,
-            "key": fake.app("chat").key,
-            "rows": rows,
-            "max_concurrency": concurrency,
-            "pool_concurrency": concurrency,
-            "rpm": rpm or None,
-            "rss_interval": 1.0,
-        }
+        if name == FRAME:
+            spec.update(kind="frame", rows=rows)
+        else:
+            spec.update(kind="batch", db=str(make_prompt_table(work / f"peers_{scenario}.db", rows)))
         return spec, "bench.worker", timeout
     results = work / f"peers_{scenario}_{name}_results.jsonl"
     results.write_text("")

@@ -135,7 +135,7 @@ class ResultStore:
                 self.schema.register(names.store, [found for _, _, found in present])
                 foreign = []
             self._refuse(cols, foreign, [(f, found) for f, _, found in present])
-            added = self._add_missing(wanted)
+            added = self._add_missing([(f, c) for f, c in wanted if found_as[c] is None])
         if added:
             log.info("table %s: added result columns %s", names.store, added)
         return added
@@ -173,10 +173,9 @@ class ResultStore:
                 "called or written; drop or retype them, or use result_columns= / results_table=."
             )
 
-    def _add_missing(self, wanted: list[tuple[str, str]]) -> list[str]:
+    def _add_missing(self, missing: list[tuple[str, str]]) -> list[str]:
+        """Create the ``missing`` (field, column) pairs, seen absent by the caller's one look."""
         names = self.names
-        cols = self._columns()
-        missing = [(f, c) for f, c in wanted if cols is None or cols.find(c) is None]
         if not missing:
             return []
         # Registered before they exist: a concurrent run that sees a column sees it as ours.

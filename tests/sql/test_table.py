@@ -376,7 +376,7 @@ def test_a_column_added_by_another_run_meanwhile_is_not_added_twice(db: Backend)
     def columns_then_race(name: str) -> Any:
         found = real_columns(name)
         calls["n"] += 1
-        if calls["n"] == 2:  # the look _add_missing takes: the other run adds "answer" right after
+        if calls["n"] == 1:  # the one look ensure takes: the other run adds "answer" right after
             other = table_for(db)
             other._store.schema.register(db.table, ["answer"])
             db.execute(f"ALTER TABLE {db.table} ADD COLUMN answer TEXT")
