@@ -112,8 +112,9 @@ class CircuitBreaker:
         self._systemic = 0
         self._outage_since: float | None = None
         self.trip: Trip | None = None
-        #: The last outcome was one every row may get: drive adds no rows until the calls in
-        #: flight say whether it opens (each added row would pay to learn the same).
+        #: An outcome every row may get was seen: drive adds no rows until every call handed over
+        #: before it has come back (each added row would pay to learn the same), then clears it.
+        #: A late answer of a call started before the error says nothing about the error.
         self.wary = False
 
     @staticmethod
@@ -126,7 +127,6 @@ class CircuitBreaker:
         kind = outcome.failure
         if kind is None:
             self._outage_since = None  # Dify answered (a success or this row's own error): no outage
-            self.wary = False
             return False
         if kind == SYSTEMIC:
             self.wary = True

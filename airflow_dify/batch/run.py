@@ -210,6 +210,7 @@ def drive(
     try:
         while True:
             if not breaker.wary or not calls.outstanding:
+                breaker.wary = False  # what was handed over before an error is all back: refill
                 calls.fill(rows)
             if calls.finished:
                 break
