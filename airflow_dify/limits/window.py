@@ -6,8 +6,13 @@ stalls (a commit, a GC pause, a busy loop), every reservation that fell due in t
 once and the server sees a burst: at bench scenario d (RPM 6,000) the worst 1 s held 107-111
 requests where the budget allows 101. This window looks at actual send times instead: a send
 waits until the ``limit``-th previous one is ``span`` seconds old, so any ``span``-second window
-holds at most ``limit`` sends. On a steady run it never waits (the GCRA's spacing already keeps
-the sends a reservation apart); after a stall it spreads the backlog out instead of bursting.
+holds at most ``limit`` sends. After a stall it spreads the backlog out instead of bursting; on
+a run that saturates the budget it binds every send (its span is a little longer than the GCRA's).
+
+Waiters queue in order: each is told the time of its own turn, so it wakes once. Told "the oldest
+send's age" each, every waiter woke at every turn and all but one went back to sleep: at bench
+scenario d (RPM 6,000, 16 calls) 18.8 waits per row; queued (and with the pool's timer slack),
+0.9, and the project's CPU per row fell from 1.18x the tuned asyncio peer's to 0.87x.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ class SendWindow:
         self.limit = int(limit)
         self.span = float(span)
         self._sent: deque[float] = deque(maxlen=self.limit)
+        #: Callers told to wait and not yet admitted (or gone): a new one queues behind them.
+        self._queued = 0
         self._lock = threading.Lock()
 
     @classmethod
@@ -45,15 +52,46 @@ class SendWindow:
         n = max(1, int(requests_per_minute / 60.0))
         return cls(n, n * 60.0 / requests_per_minute + SKEW)
 
-    def admit(self, now: float) -> float:
-        """0.0 and the send is counted, or the seconds to wait before asking again."""
+    def admit(self, now: float, *, queued: bool = False) -> float:
+        """0.0 and the send is counted, or the seconds to wait before asking again.
+
+        A wait queues the caller: it asks again with ``queued=True`` (its turn may still be a
+        little off: it is told the rest), or calls :meth:`leave` if it gives up.
+        """
         with self._lock:
             sent = self._sent
-            wait = sent[0] + self.span - now if len(sent) == self.limit else 0.0
-            if wait <= 0.0:  # one expression decides: no float gap between "may send" and "wait"
+            if len(sent) < self.limit:  # nobody has been told to wait before the window fills
                 sent.append(now)
                 return 0.0
-            return wait
+            wait = sent[0] + self.span - now  # one expression decides: no float gap
+            if queued or not self._queued:
+                if wait <= 0.0:
+                    sent.append(now)
+                    if queued:
+                        self._queued -= 1
+                    return 0.0
+                if not queued:
+                    self._queued = 1
+                return wait
+            # Behind ``ahead`` waiters: its turn comes when the send ``ahead`` places after the
+            # oldest is ``span`` old (``limit`` places later: a span after that, and so on).
+            turns, place = divmod(self._queued, self.limit)
+            turn = sent[place] + self.span * (turns + 1) - now
+            if wait <= 0.0 and turn <= 0.0:  # those ahead are late (a stall): no turn is taken
+                sent.append(now)
+                return 0.0
+            self._queued += 1
+            return max(turn, wait, 1e-6)
+
+    def leave(self) -> None:
+        """A queued caller gives up its turn (cancelled while it waited)."""
+        with self._lock:
+            self._queued = max(0, self._queued - 1)
+
+    @property
+    def queued(self) -> int:
+        """Callers waiting for their turn."""
+        return self._queued
 
 
 __all__ = ["SKEW", "SendWindow"]
