@@ -9,10 +9,11 @@ waits until the ``limit``-th previous one is ``span`` seconds old, so any ``span
 holds at most ``limit`` sends. After a stall it spreads the backlog out instead of bursting; on
 a run that saturates the budget it binds every send (its span is a little longer than the GCRA's).
 
-Waiters queue in order: each is told the time of its own turn, so it wakes once. Told "the oldest
+Waiters queue in order: each books its turn with its rate reservation and is told when it comes,
+so it sleeps once, to the later of the two. Told "the oldest
 send's age" each, every waiter woke at every turn and all but one went back to sleep: at bench
 scenario d (RPM 6,000, 16 calls) 18.8 waits per row; queued (and with the pool's timer slack),
-0.9, and the project's CPU per row fell from 1.18x the tuned asyncio peer's to 0.87x.
+0.9; booked with the reservation, 0 (one sleep per send, as without the window).
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ class SendWindow:
         """
         with self._lock:
             sent = self._sent
-            if len(sent) < self.limit:  # nobody has been told to wait before the window fills
+            if len(sent) < self.limit:  # the window is not full yet: nobody waits
                 sent.append(now)
+                if queued:
+                    self._queued -= 1
                 return 0.0
             wait = sent[0] + self.span - now  # one expression decides: no float gap
             if queued or not self._queued:
@@ -82,6 +85,18 @@ class SendWindow:
                 return 0.0
             self._queued += 1
             return max(turn, wait, 1e-6)
+
+    def book(self, at: float) -> float:
+        """Queue a caller that may send at ``at`` (its rate reservation's start, on this clock) and
+        tell it when its turn comes: ``at`` or later. It sleeps once, until then, and asks
+        :meth:`admit` with ``queued=True`` (or calls :meth:`leave`)."""
+        with self._lock:
+            sent, place = self._sent, self._queued
+            self._queued += 1
+            if len(sent) < self.limit:
+                return at
+            turns, index = divmod(place, self.limit)
+            return max(at, sent[index] + self.span * (turns + 1))
 
     def leave(self) -> None:
         """A queued caller gives up its turn (cancelled while it waited)."""

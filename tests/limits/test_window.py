@@ -8,6 +8,8 @@ import contextlib
 import itertools
 import time
 import uuid
+from collections.abc import Generator
+from typing import Any
 
 import pytest
 
@@ -170,6 +172,25 @@ def test_coroutines_under_a_binding_window_wake_once_per_send(loop_kind: str) ->
         return wait
 
     window.admit = counted  # type: ignore[method-assign]
+    sleeps = 0
+    steps = pool._acquire_steps
+
+    def counted_steps(tokens: int, timeout: float | None) -> Generator[Any, Any, Any]:
+        nonlocal sleeps
+        inner = steps(tokens, timeout)
+        reply = None
+        try:
+            while True:
+                try:
+                    step = inner.send(reply)
+                except StopIteration as done:
+                    return done.value
+                sleeps += step[0] == "sleep"
+                reply = yield step
+        finally:
+            inner.close()
+
+    pool._acquire_steps = counted_steps  # type: ignore[method-assign]
     sends: list[float] = []
 
     async def worker(permits: int) -> None:
@@ -188,7 +209,8 @@ def test_coroutines_under_a_binding_window_wake_once_per_send(loop_kind: str) ->
         loop.close()
     pool.close()
     assert len(sends) == 100
-    assert admits <= 2.5 * len(sends)
+    assert admits <= 1.5 * len(sends)
+    assert sleeps <= 1.2 * len(sends)  # the rate's wait and the window's are one sleep
     assert _worst(sorted(admitted), window.span) <= 100  # the 100 before them count too
     assert window.queued == 0
 
@@ -209,4 +231,19 @@ def test_a_coroutine_cancelled_in_the_queue_leaves_it() -> None:
 
     asyncio.run(asyncio.wait_for(main(), 5))
     pool.close()
+    assert window.queued == 0
+
+
+def test_a_booked_turn_is_the_later_of_the_reservation_and_the_window() -> None:
+    window = SendWindow.for_rpm(6000)
+    assert window.book(0.5) == 0.5  # not full yet: the reservation decides
+    assert window.admit(0.5, queued=True) == 0.0
+    assert window.queued == 0
+    window = SendWindow.for_rpm(6000)
+    _full(window, 0.99)
+    assert window.book(1.2) == 1.2  # a span after the oldest send (1.01) is already past then
+    assert window.book(1.0) == pytest.approx(1.02)  # second in line: the second-oldest's turn
+    assert window.queued == 2
+    assert window.admit(1.2, queued=True) == 0.0
+    window.leave()
     assert window.queued == 0
