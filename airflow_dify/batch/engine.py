@@ -1,7 +1,8 @@
 """The batch engine: every call of a run is a coroutine on ONE event loop, on ONE thread.
 
-:class:`CallPool` runs calls as tasks on a background loop (uvloop when installed). The caller
-hands rows over ahead of time, so the loop starts the next call the moment one ends; a call starts
+:class:`CallPool` runs calls on a background loop (uvloop when installed), up to
+``max_concurrency`` slots (tasks), each calling ready rows back to back. The caller hands rows
+over ahead of time, so a slot starts its next call the moment one ends; a call starts
 only while fewer than ``max_concurrency`` run and fewer than ``unsaved_limit`` started calls wait
 to be saved. ``drive`` sets that limit to the crash bound, ``max_concurrency + commit_rows - 1``:
 a crash loses at most that many answered rows, and memory stays flat for any table size. The
@@ -31,7 +32,9 @@ T = TypeVar("T")
 HAND_OVER_STEP = 64
 #: How long close() waits for a cancelled call to unwind (settle its permit, close its stream).
 CANCEL_GRACE_SECONDS = 10.0
-Task = asyncio.Task[RowOutcome]
+#: What a handed-over item comes back as: its outcome, the exception a bug in ``call`` raised,
+#: ``None`` (never started) or ``_CANCELLED`` (cancelled by close()).
+Completion = RowOutcome | BaseException | None
 
 
 class StopSignal:
@@ -118,12 +121,12 @@ class CallPool(Generic[T]):
         self._started = 0  # written by the loop's thread only
         self._drain_asked = False
         # Completions in batches (None: an item that never started), each with its first end time.
-        self._done: queue.SimpleQueue[tuple[float, list[Task | None]]] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[float, list[Completion]]] = queue.SimpleQueue()
         self._loop = LoopThread("dify-engine")
-        # Touched on the loop's thread only: ready items, running tasks, those ended in this pass.
+        # Touched on the loop's thread only: ready items, running slots, those ended in this pass.
         self._ready: deque[T] = deque()
-        self._running: set[Task] = set()
-        self._ended: list[Task | None] = []
+        self._running: set[asyncio.Task[None]] = set()
+        self._ended: list[Completion] = []
         self._first_end = 0.0
         self._soon = False
         self._timer: asyncio.TimerHandle | None = None
@@ -176,13 +179,13 @@ class CallPool(Generic[T]):
             except queue.Empty:
                 break
         self.oldest_end = min(first for first, _ in batches)
-        for task in chain.from_iterable(ended for _, ended in batches):
+        for completion in chain.from_iterable(ended for _, ended in batches):
             self.outstanding -= 1
-            if task is None or task.cancelled():  # never started, or cancelled by close()
+            if completion is None or completion is _CANCELLED:  # never started, or cancelled
                 continue
-            outcome = task.result()  # a bug in `call` surfaces here, after the batch is saved
-            if outcome is not None:
-                outcomes.append(outcome)
+            if isinstance(completion, BaseException):
+                raise completion  # a bug in `call` surfaces here, after the batch is saved
+            outcomes.append(completion)
         return outcomes
 
     def release(self, n: int) -> None:
@@ -213,23 +216,59 @@ class CallPool(Generic[T]):
         self._pump()
 
     def _pump(self) -> None:
-        """Start ready items while a slot is free and the unsaved count allows."""
+        """Start a slot for each ready item while one is free and the unsaved count allows."""
         ready, running = self._ready, self._running
         while ready and len(running) < self.max_concurrency:
-            if self._started - self._released >= self.unsaved_limit:
+            item = self._take()
+            if item is _END:
                 return  # release() pumps again
-            item = ready.popleft()
-            if not self._starts(item):
-                self._never_started(1 + len(ready))
-                ready.clear()
-                return
-            self._started += 1
-            task: Task = self._loop.loop.create_task(self._call(item))  # type: ignore[arg-type]
+            task: asyncio.Task[None] = self._loop.loop.create_task(self._slot(item))
             running.add(task)
-            task.add_done_callback(self._end)
+            task.add_done_callback(self._slot_done)
         if ready and self.stop.stopped:
             self._never_started(len(ready))
             ready.clear()
+
+    def _take(self) -> Any:
+        """The next ready item to call now, or ``_END``: none ready, the unsaved count is at its
+        limit, or the run stops (the ready items then come back as never started)."""
+        ready = self._ready
+        if not ready or self._started - self._released >= self.unsaved_limit:
+            return _END
+        item = ready.popleft()
+        if not self._starts(item):
+            self._never_started(1 + len(ready))
+            ready.clear()
+            return _END
+        self._started += 1
+        return item
+
+    async def _slot(self, item: T) -> None:
+        """One slot: calls items back to back. The next call starts the moment one ends, in the
+        same step of the loop, so when a wave of answers arrives together each slot sends its
+        next request before the answers behind it are decoded (a task per call would first
+        decode the whole wave, then start the next calls)."""
+        while True:
+            try:
+                completion: RowOutcome | BaseException = await self._call(item)
+            except Exception as exc:  # a bug in `call`: wait() raises it
+                completion = exc
+            following = _END if isinstance(completion, BaseException) else self._take()
+            if following is _END:
+                self._running.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._ended_one(completion)
+            if following is _END:
+                return
+            item = following
+
+    def _slot_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if task.cancelled():  # by close(): the item it held comes back as cancelled
+            self._ended_one(_CANCELLED)
+        elif task.exception() is not None:
+            self._ended_one(task.exception())  # type: ignore[arg-type]
+        elif self._ready and len(self._running) < self.max_concurrency:
+            self._pump()
 
     def _starts(self, item: T) -> bool:
         """Right before a call: not after ``stop``, and not when the budget says no."""
@@ -247,15 +286,13 @@ class CallPool(Generic[T]):
             self._ended.extend([None] * n)
             self._hand_over_soon()
 
-    def _end(self, task: Task) -> None:
-        self._running.discard(task)
+    def _ended_one(self, completion: Completion) -> None:
+        """One call ended: hand it over now or after ``hold``, with the others ending meanwhile."""
         if not self._ended:
             self._first_end = time.monotonic()
-        self._ended.append(task)
-        if self._ready:
-            self._pump()
+        self._ended.append(completion)
         if (
-            (self._urgent is not None and self._is_urgent(task))  # first: it sets _urgent_waiting
+            (self._urgent is not None and self._is_urgent(completion))  # first: it sets _urgent_waiting
             or self._hold <= 0
             or len(self._ready) <= self._low_water  # the caller should hand more over
             or not self._running
@@ -267,11 +304,10 @@ class CallPool(Generic[T]):
         elif self._timer is None:
             self._timer = self._loop.loop.call_later(self._hold, self._hand_over)
 
-    def _is_urgent(self, task: Task) -> bool:
-        if task.cancelled() or task.exception() is not None:  # wait() raises it
+    def _is_urgent(self, completion: Completion) -> bool:
+        if completion is _CANCELLED or isinstance(completion, BaseException):  # wait() raises it
             return True
-        outcome = task.result()
-        if outcome is not None and self._urgent is not None and self._urgent(outcome):
+        if completion is not None and self._urgent is not None and self._urgent(completion):
             self._urgent_waiting = True
             return True
         return False
@@ -314,5 +350,6 @@ async def _quietly(closer: Callable[[], Awaitable[None]]) -> None:
 
 
 _END: Any = object()
+_CANCELLED: Any = object()
 
 __all__ = ["CallPool", "StopSignal"]

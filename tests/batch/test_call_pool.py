@@ -252,3 +252,35 @@ def test_fill_adds_nothing_while_an_urgent_outcome_waits_for_the_caller() -> Non
     pool.fill(rows)
     pool.close()
     assert started == [1, 2]
+
+
+def test_a_slot_sends_its_next_call_before_the_rest_of_its_wave_is_handled() -> None:
+    """Answers that arrive together (a wave) are handled one after another on the loop: each
+    slot's next call must start as soon as its own answer is handled, not after the whole wave.
+    A task per call would run every ending first, then every start (end 1, end 2, start 3)."""
+    events: list[str] = []
+    waves: dict[int, asyncio.Future[None]] = {}
+
+    async def call(row_id: int) -> RowOutcome:
+        events.append(f"start {row_id}")
+        wave = (row_id - 1) // 2  # 1 and 2 answer together, then 3 and 4
+        if wave not in waves:
+            waves[wave] = asyncio.get_running_loop().create_future()
+        await waves[wave]
+        events.append(f"end {row_id}")
+        return _answer(row_id)
+
+    pool: CallPool[int] = CallPool(call, max_concurrency=2, ahead=2, unsaved_limit=10)
+    pool.fill(iter([1, 2, 3, 4]))
+    _until(lambda: len(events) == 2)
+    first = waves[0]
+    first.get_loop().call_soon_threadsafe(first.set_result, None)
+    _until(lambda: len(events) == 6)
+    assert events == ["start 1", "start 2", "end 1", "start 3", "end 2", "start 4"]
+    second = waves[1]
+    second.get_loop().call_soon_threadsafe(second.set_result, None)
+    got: list[RowOutcome] = []
+    while pool.outstanding:
+        got += pool.wait(timeout=1)
+    pool.close()
+    assert sorted(o.row_id for o in got) == [1, 2, 3, 4]
