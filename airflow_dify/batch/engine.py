@@ -255,7 +255,7 @@ class CallPool(Generic[T]):
                 completion = exc
             following = _END if isinstance(completion, BaseException) else self._take()
             if following is _END:
-                self._running.discard(asyncio.current_task())  # type: ignore[arg-type]
+                self._running.discard(asyncio.current_task())
             self._ended_one(completion)
             if following is _END:
                 return
@@ -266,7 +266,7 @@ class CallPool(Generic[T]):
         if task.cancelled():  # by close(): the item it held comes back as cancelled
             self._ended_one(_CANCELLED)
         elif task.exception() is not None:
-            self._ended_one(task.exception())  # type: ignore[arg-type]
+            self._ended_one(task.exception())
         elif self._ready and len(self._running) < self.max_concurrency:
             self._pump()
 
