@@ -305,7 +305,7 @@ class CallPool(Generic[T]):
             self._timer = self._loop.loop.call_later(self._hold, self._hand_over)
 
     def _is_urgent(self, completion: Completion) -> bool:
-        if completion is _CANCELLED or isinstance(completion, BaseException):  # wait() raises it
+        if completion is _CANCELLED or isinstance(completion, BaseException):  # cancelled, or a bug
             return True
         if completion is not None and self._urgent is not None and self._urgent(completion):
             self._urgent_waiting = True
