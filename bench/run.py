@@ -255,8 +255,10 @@ def _peer_targets(
                 lambda x: x >= 1,
             )
         )
-        for peer in ("cookbook", "tuned"):
+        for peer in ("cookbook", "tuned", "floor"):
             rows.append(("a 50ms/16", f"{peer} achieved/bound", s("a", peer, "bound_ratio"), "-", info))
+        floor = q("a", "project_vs_floor_rows_per_second")
+        rows.append(("a 50ms/16", "project / transport floor rows/s", floor, "-", info))
     if "b" in p:
         rows.append(
             (

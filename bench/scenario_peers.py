@@ -32,7 +32,7 @@ from bench.common import (
     start_fake,
     work_dir,
 )
-from bench.config import BREAKDOWN_CLIENTS, BREAKDOWN_SCENARIOS, FLOOR, FRAME, PEER_SCENARIOS, BenchConfig
+from bench.config import BREAKDOWN_CLIENTS, FLOOR, FRAME, PEER_SCENARIOS, BenchConfig
 
 PEER_MODULES = {
     "cookbook": "bench.baselines.cookbook_peer",
@@ -153,6 +153,7 @@ def _ratios(s: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         "project_vs_tuned_threads": rel("project", "tuned", "threads_peak"),
     }
     if FLOOR in s:
+        out["project_vs_floor_rows_per_second"] = rel("project", FLOOR, "rows_per_second")
         out["floor_vs_tuned_cpu_per_row"] = rel(FLOOR, "tuned", "cpu_us_per_row")
         out["project_vs_floor_cpu_per_row"] = rel("project", FLOOR, "cpu_us_per_row")
     if FRAME in s:
@@ -165,8 +166,7 @@ def peers(cfg: BenchConfig) -> dict[str, Any]:
     rows_of, repeats_of = dict(cfg.peer_rows), dict(cfg.peer_repeats)
     out: dict[str, Any] = {"clients": list(cfg.peer_clients)}
     for scenario in cfg.peer_scenarios:
-        breakdown = scenario in BREAKDOWN_SCENARIOS
-        clients = tuple(c for c in cfg.peer_clients if breakdown or c not in BREAKDOWN_CLIENTS)
+        clients = tuple(c for c in cfg.peer_clients if scenario in BREAKDOWN_CLIENTS.get(c, (scenario,)))
         latency, concurrency, rpm = PEER_SCENARIOS[scenario]
         rows, repeats = rows_of[scenario], repeats_of.get(scenario, 1)
         rate = bound(latency, concurrency, rpm)

@@ -97,7 +97,8 @@ def test_server_rate_and_peers(tmp_path: Path) -> None:
     for name in ("a", "b", "c", "d"):
         sc = peers[name]
         assert (sc["bound_rows_per_second"] is None) == (name == "b")
-        clients = [c for c in peers["clients"] if c not in ("floor", "frame") or name == "b"]  # b only
+        only = {"floor": ("a", "b"), "frame": ("b",)}  # the breakdown clients run there only
+        clients = [c for c in peers["clients"] if name in only.get(c, (name,))]
         assert set(sc["runs"]) == set(clients)
         for client in clients:
             [run] = sc["runs"][client]
@@ -117,5 +118,8 @@ def test_server_rate_and_peers(tmp_path: Path) -> None:
     assert {"project / tuned CPU per row", "FakeDify asyncio: req/s per server CPU s"} <= metrics
     assert "transport floor / tuned CPU per row" in metrics
     assert positive(peers["b"]["ratios"]["floor_vs_tuned_cpu_per_row"])
+    assert "project / transport floor rows/s" in metrics and "floor achieved/bound" in metrics
+    assert positive(peers["a"]["ratios"]["project_vs_floor_rows_per_second"])
+    assert positive(peers["a"]["summary"]["floor"]["bound_ratio"])
     assert "project (SQL table) / frame (no table) CPU" in metrics
     assert positive(peers["b"]["ratios"]["project_vs_frame_cpu_per_row"])
