@@ -75,7 +75,8 @@ class CallPool(Generic[T]):
         every pass of the loop. :meth:`wait` reports when the oldest of them ended.
     :param may_start: asked on the loop right before each call (budget cap); False stops the pool.
     :param urgent: asked on the loop of each outcome; True hands it over at once, not after
-        ``hold`` (the circuit breaker must see a revoked key before more calls start).
+        ``hold``, and starts nothing more until the caller has taken it from :meth:`wait` and
+        called :meth:`resume` (the circuit breaker must see a revoked key before more calls start).
     :param on_close: awaited on the loop once every call has ended (close the HTTP connections,
         the Redis asyncio client), before the loop is closed.
     :param close_timeout: how long :meth:`close` lets running calls finish before cancelling them
@@ -112,16 +113,21 @@ class CallPool(Generic[T]):
         self._call = call
         self._may_start = may_start
         self._urgent = urgent
-        #: Set on the loop when an urgent outcome is on its way to wait(); fill() adds nothing
-        #: until wait() has taken it (a slow commit must not refill behind a revoked key).
-        self._urgent_waiting = False
+        # Urgent batches handed over (loop's thread) and taken by wait() (caller's): while more are
+        # handed over than taken, fill() adds nothing (a slow commit must not refill behind a
+        # revoked key); until resume() says the caller has seen them all, no call starts.
+        self._urgent_put = 0
+        self._urgent_taken = 0
+        self._resumed = 0  # the caller's thread: urgent batches resume() has reported
+        self._paused = False  # the loop's thread: an urgent outcome waits for the caller's decision
+        self._ended_urgent = False
         self._on_close = on_close
         self._close_timeout = close_timeout
         self._released = 0  # written by the caller's thread only
         self._started = 0  # written by the loop's thread only
         self._drain_asked = False
         # Completions in batches (None: an item that never started), each with its first end time.
-        self._done: queue.SimpleQueue[tuple[float, list[Completion]]] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[float, list[Completion], bool]] = queue.SimpleQueue()
         self._loop = LoopThread("dify-engine")
         # Touched on the loop's thread only: ready items, running slots, those ended in this pass.
         self._ready: deque[T] = deque()
@@ -135,7 +141,7 @@ class CallPool(Generic[T]):
     def fill(self, items: Iterator[T]) -> None:
         """Hand items over until ``max_concurrency + ahead`` are outstanding, the iterator ends,
         or we stop."""
-        if self._urgent_waiting:  # wait() first: the breaker may stop the run on it
+        if self._urgent_put > self._urgent_taken:  # wait() first: the breaker may stop the run on it
             return
         if self.stop.stopped:
             if self.outstanding and not self._drain_asked:  # ready items come back as never started
@@ -172,14 +178,14 @@ class CallPool(Generic[T]):
             batches = [self._done.get(timeout=timeout)]
         except queue.Empty:
             return outcomes
-        self._urgent_waiting = False
         while True:
             try:
                 batches.append(self._done.get_nowait())
             except queue.Empty:
                 break
-        self.oldest_end = min(first for first, _ in batches)
-        for completion in chain.from_iterable(ended for _, ended in batches):
+        self._urgent_taken += sum(urgent for _, _, urgent in batches)
+        self.oldest_end = min(first for first, _, _ in batches)
+        for completion in chain.from_iterable(ended for _, ended, _ in batches):
             self.outstanding -= 1
             if completion is None or completion is _CANCELLED:  # never started, or cancelled
                 continue
@@ -195,6 +201,13 @@ class CallPool(Generic[T]):
             self._released += n
             if self._ready and not self._loop.loop.is_closed():  # the loop may wait for this
                 self._loop.loop.call_soon_threadsafe(self._pump)
+
+    def resume(self) -> None:
+        """The caller has acted on every urgent outcome :meth:`wait` gave it (stopped the run, or
+        not): calls start again (or, once stopped, the ready items come back as never started)."""
+        if self._resumed < self._urgent_taken and not self._loop.loop.is_closed():
+            self._resumed = self._urgent_taken
+            self._loop.loop.call_soon_threadsafe(self._unpause, self._resumed)
 
     def close(self) -> None:
         """Start nothing more; let running calls finish (their outcomes stay in the queue for
@@ -215,25 +228,30 @@ class CallPool(Generic[T]):
         self._ready.extend(items)
         self._pump()
 
+    def _unpause(self, seen: int) -> None:
+        if seen >= self._urgent_put:  # not while an urgent outcome the caller has not seen waits
+            self._paused = False
+            self._pump()
+
     def _pump(self) -> None:
         """Start a slot for each ready item while one is free and the unsaved count allows."""
         ready, running = self._ready, self._running
+        if ready and self.stop.stopped:  # even at the unsaved limit: these will never start
+            self._never_started(len(ready))
+            ready.clear()
         while ready and len(running) < self.max_concurrency:
             item = self._take()
             if item is _END:
-                return  # release() pumps again
+                return  # release() or resume() pumps again
             task: asyncio.Task[None] = self._loop.loop.create_task(self._slot(item))
             running.add(task)
             task.add_done_callback(self._slot_done)
-        if ready and self.stop.stopped:
-            self._never_started(len(ready))
-            ready.clear()
 
     def _take(self) -> Any:
         """The next ready item to call now, or ``_END``: none ready, the unsaved count is at its
         limit, or the run stops (the ready items then come back as never started)."""
         ready = self._ready
-        if not ready or self._started - self._released >= self.unsaved_limit:
+        if not ready or self._paused or self._started - self._released >= self.unsaved_limit:
             return _END
         item = ready.popleft()
         if not self._starts(item):
@@ -253,10 +271,11 @@ class CallPool(Generic[T]):
                 completion: RowOutcome | BaseException = await self._call(item)
             except Exception as exc:  # a bug in `call`: wait() raises it
                 completion = exc
+            urgent = self._is_urgent(completion)  # before the next call: it may pause the pool
             following = _END if isinstance(completion, BaseException) else self._take()
             if following is _END:
                 self._running.discard(asyncio.current_task())
-            self._ended_one(completion)
+            self._ended_one(completion, urgent)
             if following is _END:
                 return
             item = following
@@ -264,9 +283,9 @@ class CallPool(Generic[T]):
     def _slot_done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         if task.cancelled():  # by close(): the item it held comes back as cancelled
-            self._ended_one(_CANCELLED)
+            self._ended_one(_CANCELLED, urgent=True)
         elif task.exception() is not None:
-            self._ended_one(task.exception())
+            self._ended_one(task.exception(), urgent=True)
         elif self._ready and len(self._running) < self.max_concurrency:
             self._pump()
 
@@ -286,13 +305,13 @@ class CallPool(Generic[T]):
             self._ended.extend([None] * n)
             self._hand_over_soon()
 
-    def _ended_one(self, completion: Completion) -> None:
+    def _ended_one(self, completion: Completion, urgent: bool) -> None:
         """One call ended: hand it over now or after ``hold``, with the others ending meanwhile."""
         if not self._ended:
             self._first_end = time.monotonic()
         self._ended.append(completion)
         if (
-            (self._urgent is not None and self._is_urgent(completion))  # first: it sets _urgent_waiting
+            urgent
             or self._hold <= 0
             or len(self._ready) <= self._low_water  # the caller should hand more over
             or not self._running
@@ -304,11 +323,12 @@ class CallPool(Generic[T]):
         elif self._timer is None:
             self._timer = self._loop.loop.call_later(self._hold, self._hand_over)
 
-    def _is_urgent(self, completion: Completion) -> bool:
-        if completion is _CANCELLED or isinstance(completion, BaseException):  # cancelled, or a bug
+    def _is_urgent(self, completion: RowOutcome | BaseException) -> bool:
+        """A bug is handed over at once; an outcome ``urgent`` picks also pauses the pool."""
+        if isinstance(completion, BaseException):
             return True
-        if completion is not None and self._urgent is not None and self._urgent(completion):
-            self._urgent_waiting = True
+        if self._urgent is not None and self._urgent(completion):
+            self._paused = self._ended_urgent = True
             return True
         return False
 
@@ -325,7 +345,9 @@ class CallPool(Generic[T]):
             self._timer = None
         ended, self._ended = self._ended, []
         if ended:
-            self._done.put((self._first_end, ended))
+            urgent, self._ended_urgent = self._ended_urgent, False
+            self._urgent_put += urgent  # before put(): wait() must never take more than were put
+            self._done.put((self._first_end, ended, urgent))
 
     async def _settle(self) -> None:
         """On the loop, after every hand-over scheduled before close(): wait, then cancel the late."""

@@ -206,6 +206,7 @@ def drive(
         summary.left_pending += len(outcomes) - len(saved)
         if breaker.trip is not None:
             stop.stop("breaker")
+        calls.resume()  # the breaker has seen every error handed over: calls may start (or drain)
 
     try:
         while True:

@@ -217,6 +217,10 @@ def test_an_urgent_outcome_is_handed_over_without_the_hold() -> None:
     got = pool.wait(timeout=10)
     assert [o.row_id for o in got] == [1]
     assert time.monotonic() - t0 < 2.0  # not held for 5 s
+    time.sleep(0.1)
+    assert sorted(started) == [1, 2]  # row 1's slot did not go on to row 3 behind the revoked key
+    pool.resume()  # the breaker saw it and lets the run go on
+    _until(lambda: 3 in started)
     for gate in gates.values():
         gate.set()
     while pool.outstanding:
@@ -244,14 +248,44 @@ def test_fill_adds_nothing_while_an_urgent_outcome_waits_for_the_caller() -> Non
     pool.fill(rows)  # rows 1 and 2
     assert [o.row_id for o in pool.wait(timeout=5)] == [1]  # room for one more: a commit starts
     revoked.set()  # row 2 fails while the caller commits
-    _until(lambda: pool._urgent_waiting)
+    _until(lambda: pool._urgent_put > pool._urgent_taken)
     pool.fill(rows)  # back from the commit
     assert started == [1, 2] and pool.outstanding == 1
     assert [o.row_id for o in pool.wait(timeout=5)] == [2]
     pool.stop.stop("breaker")  # what drive does on it
+    pool.resume()
     pool.fill(rows)
     pool.close()
     assert started == [1, 2]
+
+
+def test_after_an_urgent_outcome_no_call_starts_until_the_caller_resumes() -> None:
+    """Calls that end while the breaker has not yet seen a revoked key start nothing (each slot
+    would otherwise go on to a ready row); once stopped, resume() sends the ready rows back as
+    never started."""
+    started: list[int] = []
+    gates = {i: threading.Event() for i in (2, 3)}
+    plain = _gated(started, gates)
+
+    async def call(row_id: int) -> RowOutcome:
+        outcome = await plain(row_id)
+        return RowOutcome(row_id, FAILED, error="401", failure="systemic") if row_id == 1 else outcome
+
+    pool: CallPool[int] = CallPool(call, max_concurrency=3, ahead=3, urgent=lambda o: o.failure is not None)
+    pool.fill(iter(range(1, 7)))  # 1, 2, 3 run; 4, 5, 6 ready
+    _until(lambda: pool._urgent_put > pool._urgent_taken)
+    gates[2].set()  # row 2 ends before the caller has looked at row 1's error
+    gates[3].set()
+    got = []
+    while len(got) < 3:
+        got += pool.wait(timeout=5)
+    assert sorted(o.row_id for o in got) == [1, 2, 3] and sorted(started) == [1, 2, 3]
+    pool.stop.stop("breaker")
+    pool.resume()
+    while pool.outstanding:
+        assert pool.wait(timeout=5) == []  # 4, 5 and 6 come back as never started
+    pool.close()
+    assert sorted(started) == [1, 2, 3]
 
 
 def test_a_slot_sends_its_next_call_before_the_rest_of_its_wave_is_handled() -> None:
