@@ -38,8 +38,14 @@ class RowSource(Protocol):
     """Where prompts come from (a SQL table, a DataFrame)."""
 
     id_column: str
-    skipped_unchanged: int
-    skipped_claimed: int
+
+    @property
+    def skipped_unchanged(self) -> int:
+        """Rows ``redo="changed"`` read but left alone: their content is unchanged."""
+
+    @property
+    def skipped_claimed(self) -> int:
+        """Rows passed over because another live run had claimed them."""
 
     def prepare(
         self,

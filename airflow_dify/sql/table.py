@@ -40,10 +40,8 @@ from airflow_dify.outcome import (
     HASH_KEY,
     REDO_MODES,
     STATUS_KEY,
-    TAKEN_OVER_KEY,
     ResultColumns,
     RowOutcome,
-    TakenOver,
 )
 from airflow_dify.sql.claiming import Claimer
 from airflow_dify.sql.claims import DEFAULT_LEASE_SECONDS, ClaimOwner, HeldClaims
@@ -53,7 +51,7 @@ from airflow_dify.sql.errors import SqlTableError, SqlWriteError
 from airflow_dify.sql.layout import CLAIM_FIELDS, ResultStore, TableNames
 from airflow_dify.sql.ledger import Ledger, LedgerContext
 from airflow_dify.sql.output_types import OutputColumn
-from airflow_dify.sql.paging import keyset_pages
+from airflow_dify.sql.reading import PageReader
 from airflow_dify.sql.schema import Schema
 from airflow_dify.sql.selection import Layout, Selection, check_redo, page_sql
 from airflow_dify.sql.writer import ResultWriter
@@ -187,11 +185,10 @@ class SqlTable:
             self._held,
             dt.datetime.now(dt.timezone.utc),
         )
+        self._reader = PageReader(
+            self._db, self._store, self._claimer, self._held, self.owner, self._ledger, id_column
+        )
         self._bind(read_columns, current_hash)
-        #: Rows redo="changed" read but left alone because their content is unchanged.
-        self.skipped_unchanged = 0
-        #: Rows passed over because another live run had claimed them.
-        self.skipped_claimed = 0
 
     def _bind(
         self, read_columns: Sequence[str], current_hash: Callable[[Mapping[str, Any]], str | None] | None
@@ -200,7 +197,7 @@ class SqlTable:
             raise SqlTableError("read_columns: expected a sequence of column names, got a string")
         self.read_columns = list(dict.fromkeys(c for c in read_columns if c != self.id_column))
         self._q_read = [self._quote(c, f"read_columns[{i}]") for i, c in enumerate(self.read_columns)]
-        self.current_hash = current_hash
+        self.current_hash = self._reader.current_hash = current_hash
 
     def _bind_outputs(self, outputs: Mapping[str, str | None]) -> None:
         taken = {c.lower() for _, c in self.columns.items()} | {self.id_column.lower(), *CLAIM_FIELDS}
@@ -216,6 +213,16 @@ class SqlTable:
         )
         self._store.names = self._store.names.with_outputs(columns)
         self._writer.outputs = {o.field: o for o in columns}
+
+    @property
+    def skipped_unchanged(self) -> int:
+        """Rows redo="changed" read but left alone because their content is unchanged."""
+        return self._reader.skipped_unchanged
+
+    @property
+    def skipped_claimed(self) -> int:
+        """Rows passed over because another live run had claimed them."""
+        return self._reader.skipped_claimed
 
     def __repr__(self) -> str:
         where = f", results_table={self.results_table!r}" if self.results_table else ""
@@ -366,72 +373,7 @@ class SqlTable:
         def page_query(last: Any) -> tuple[str, Any]:
             return page_sql(layout, self.dialect, select, selection, status, last, chunk_size)
 
-        if not claiming:
-            for page in keyset_pages(self._db, chunk_size, page_query):
-                yield self._unchanged_dropped([dict(zip(keys, row, strict=True)) for row in page], redo)
-            return
-        last: Any = None
-        for _page in range(10**12):  # bounded: every page advances the id strictly
-            claimed, last_seen, full = self._claim_page(page_query, last, keys, redo, chunk_size)
-            if last_seen is None:
-                return
-            yield claimed
-            if not full:
-                return
-            last = last_seen
-
-    def _unchanged_dropped(self, page: list[dict[str, Any]], redo: str) -> list[dict[str, Any]]:
-        """With redo="changed": drop rows answered with exactly the content they hold now."""
-        if redo != "changed":
-            return page
-        current = self.current_hash
-        assert current is not None
-        # Unchanged = answered before and the stored hash equals the current one; two NULLs (a row
-        # that could not be sent then and cannot now) also count as unchanged.
-        keep = [row for row in page if row[STATUS_KEY] is None or _stripped(row[HASH_KEY]) != current(row)]
-        self.skipped_unchanged += len(page) - len(keep)
-        return keep
-
-    def _claim_page(
-        self,
-        page_query: Callable[[Any], tuple[str, Any]],
-        last: Any,
-        keys: list[str],
-        redo: str,
-        chunk_size: int,
-    ) -> tuple[list[dict[str, Any]], Any, bool]:
-        """Read one page and claim its takeable rows in one short transaction.
-
-        Returns (claimed rows, last id seen or None at the end, whether the page was full).
-        """
-        sql, params = page_query(last)
-        status = self._store.status_column()  # may query the schema: never inside the transaction
-        with self._db.transaction() as cur:
-            cur.execute(sql, params)
-            fetched = cur.fetchall()
-            if not fetched:
-                return [], None, False
-            now = self._held.clock()
-            takeable = [r for r in fetched if self.owner.may_take(r[-2], r[-1], now)]
-            self.skipped_claimed += len(fetched) - len(takeable)
-            page = self._unchanged_dropped([dict(zip(keys, r[:-2], strict=True)) for r in takeable], redo)
-            ids = [row[self.id_column] for row in page]
-            got = self._claimer.claim(cur, ids, redo, status, now) if ids else set()
-            taken: dict[str, TakenOver] = {}
-            if self._ledger is not None and got:
-                # Rows another try held and never wrote: it may have called them (same transaction).
-                mine = self.owner.token
-                lost = [(r[0], r[-2]) for r in takeable if r[-2] not in (None, mine) and r[0] in got]
-                taken = self._ledger.take_over(cur, lost) if lost else {}
-        self.skipped_claimed += len(page) - len(got)
-        claimed = [row for row in page if row[self.id_column] in got]
-        for row in claimed:
-            mark = taken.get(str(row[self.id_column]))
-            if mark is not None:
-                row[TAKEN_OVER_KEY] = mark
-        self._held.took(row[self.id_column] for row in claimed)
-        full = len(fetched) >= chunk_size
-        return claimed, fetched[-1][0], full
+        yield from self._reader.pages(page_query, keys, redo, chunk_size, claiming)
 
     # -- claims while running -------------------------------------------------------------------
     def heartbeat(self) -> None:
@@ -456,8 +398,3 @@ class SqlTable:
     def unsaved(self) -> list[Any]:
         """Ids whose result could not be stored at all (each logged as an error)."""
         return list(self._writer.unsaved)
-
-
-def _stripped(value: Any) -> Any:
-    # A CHAR column on a generic engine may pad; hex digests never contain spaces.
-    return value.strip() if isinstance(value, str) else value
