@@ -16,6 +16,7 @@ import resource
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_dify.testing import FakeDify
+from airflow_dify.testing.asyncio_server import THREAD_NAME as FAKE_THREAD_NAME
 from bench.baselines.peer_report import RESULT_PREFIX
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,11 +83,24 @@ def start_fake(latency: float, *, keep_records: int | None) -> FakeDify:
     return FakeDify(latency=latency, max_records=keep_records).start()
 
 
-def process_cpu() -> float:
-    """User + sys seconds of this (the bench's) process: FakeDify's, since the bench itself only
-    waits for its workers while they run."""
+def fake_cpu_seconds() -> float:
+    """User + sys seconds of FakeDify's serving thread (the asyncio server's one loop thread).
+
+    Not the whole bench process: spawning a worker and parsing its output cost the bench's main
+    thread 0.05-0.12 s per run at scenario b, which made the fake look busier than one core.
+    Falls back to the process's CPU where threads cannot be told apart (the threaded server,
+    no per-thread clock).
+    """
+    for thread in threading.enumerate():
+        if thread.name == FAKE_THREAD_NAME and thread.ident is not None and thread.is_alive():
+            try:
+                return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+            except (AttributeError, OSError):  # no per-thread clocks here
+                break
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
 
 
 def fake_cpu_view(cpu_seconds: float, wall_seconds: float | None, requests: int | None) -> dict[str, Any]:
@@ -201,7 +216,7 @@ def spawn_worker(
     logs.mkdir(parents=True, exist_ok=True)
     log_file = open(logs / f"{log_name}.log", "w")  # noqa: SIM115 - closed by collect_worker
     full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}
-    cpu0 = process_cpu()
+    cpu0 = fake_cpu_seconds()
     proc = subprocess.Popen(
         worker_command(spec, module), cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, env=full_env
     )
@@ -221,7 +236,7 @@ def collect_worker(proc: subprocess.Popen, timeout: float) -> dict[str, Any]:
         raise WorkerError(f"worker timed out after {timeout:.0f} s; see {proc.log_path}") from None  # type: ignore[attr-defined]
     finally:
         proc.log_file.close()  # type: ignore[attr-defined]
-    fake_cpu = process_cpu() - proc.bench_cpu0  # type: ignore[attr-defined]
+    fake_cpu = fake_cpu_seconds() - proc.bench_cpu0  # type: ignore[attr-defined]
     text = Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
     lines = [line for line in text.splitlines() if line.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:

@@ -22,9 +22,9 @@ from typing import Any
 from bench.baselines.peer_report import per_second, write_requests
 from bench.common import (
     GENERATION_PATHS,
+    fake_cpu_seconds,
     fake_cpu_view,
     make_prompt_table,
-    process_cpu,
     prompt,
     ratio,
     run_worker,
@@ -95,21 +95,25 @@ def _run_one(
 ) -> dict[str, Any]:
     fake.reset()
     spec, module, timeout = _prepare(name, scenario, fake, rows, concurrency, rpm, rate)
-    cpu0 = process_cpu()
+    cpu0 = fake_cpu_seconds()
     client = run_worker(spec, f"peers_{scenario}_{name}_{rep}", timeout, module=module)
-    fake_cpu = process_cpu() - cpu0
+    fake_cpu = fake_cpu_seconds() - cpu0
     if "results" in spec:
         Path(spec["results"]).unlink(missing_ok=True)
     client.pop("fake_cpu", None)
     client.pop("rss_samples_s_rss_hwm_mb", None)
     launches = client.pop("launches_per_second", None)
     server = server_view(fake, rpm or None)
-    starts = sorted(r.started for r in fake.requests if r.path in GENERATION_PATHS)
+    records = fake.requests
+    starts = sorted(r.started for r in records if r.path in GENERATION_PATHS)
     server["arrivals_per_second"] = per_second(starts, starts[0]) if starts else []
+    # The fake burns CPU only while it serves: its share is over its own first-to-last request,
+    # not the client's batch timer (which leaves out the pre-flight and may start late).
+    served = max(r.ended for r in records) - min(r.started for r in records) if records else None
     out: dict[str, Any] = {
         "client": client,
         "server": server,
-        "fake_cpu": fake_cpu_view(fake_cpu, client.get("wall_seconds"), fake.calls()),
+        "fake_cpu": {**fake_cpu_view(fake_cpu, served, fake.calls()), "served_seconds": served},
     }
     if launches is not None:
         out["client_launches_per_second"] = launches

@@ -28,6 +28,7 @@ from airflow_dify.testing.exchange import Reply, Request, Response, Stream
 
 log = logging.getLogger("airflow_dify.testing")
 Respond = Callable[[Request], Reply]
+THREAD_NAME = "FakeDify"  # the loop thread: the bench reads its CPU by this name
 IDLE_TIMEOUT = 300.0  # seconds an idle keep-alive connection stays open, as the threaded server
 MAX_HEAD = 65_536  # bytes of request line + headers; http.server refuses lines over 64 KiB
 _SWEEP_EVERY = 30.0
@@ -98,7 +99,7 @@ class AsyncioHTTPServer:
             return
         ready = threading.Event()
         failed: list[BaseException] = []
-        self._thread = threading.Thread(target=self._run, args=(ready, failed), name="FakeDify", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(ready, failed), name=THREAD_NAME, daemon=True)
         self._thread.start()
         ready.wait(10)
         if failed:
