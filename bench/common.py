@@ -101,8 +101,6 @@ def fake_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-
-
 def fake_cpu_view(cpu_seconds: float, wall_seconds: float | None, requests: int | None) -> dict[str, Any]:
     """FakeDify's CPU over one client run: when ``share_of_one_core`` nears 1, the number measured
     is the fake's ceiling, not the client's."""
