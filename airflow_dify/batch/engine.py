@@ -229,7 +229,8 @@ class CallPool(Generic[T]):
         self._pump()
 
     def _unpause(self, seen: int) -> None:
-        if seen >= self._urgent_put:  # not while an urgent outcome the caller has not seen waits
+        # Not while an urgent outcome the caller has not seen waits (handed over, or about to be).
+        if seen >= self._urgent_put and not self._ended_urgent:
             self._paused = False
             self._pump()
 
