@@ -14,7 +14,8 @@ import fsspec
 import pytest
 
 from airflow_dify.batch.errors import PreflightError, RowError
-from airflow_dify.batch.file_inputs import FileInputs, FileRule, SizeLimits, file_rules
+from airflow_dify.batch.file_inputs import FileInputs
+from airflow_dify.batch.file_rules import FileRule, SizeLimits, file_rules
 from airflow_dify.batch.files import FileCell, FileSource, file_type, mime_of, parse_cell, sniff, upload_name
 from airflow_dify.batch.options import BatchOptions
 from airflow_dify.batch.rows import Prompt, PromptBuilder
