@@ -208,11 +208,7 @@ class Connection(asyncio.Protocol):
     # -- replies ---------------------------------------------------------------------------------
     def _answer(self, reply: Reply, response: Response) -> None:
         """Headers and body in one send: no Nagle stall even without TCP_NODELAY."""
-        headers = {**response.headers, "Content-Length": str(len(response.body))}
-        if response.close:
-            self.close_after = True
-        if self.close_after:
-            headers["Connection"] = "close"
+        headers, self.close_after = response.sent_headers(self.close_after)
         data = wire.head(response.status, headers) + response.body
         reply.commit()
         self._write(data)

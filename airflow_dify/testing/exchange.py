@@ -53,6 +53,15 @@ class Response:
     headers: Mapping[str, str] = field(default_factory=dict)
     close: bool = False
 
+    def sent_headers(self, closing: bool) -> tuple[dict[str, str], bool]:
+        """(headers to send, whether the connection closes after) on a connection already
+        ``closing`` or not: both servers answer with these."""
+        closing = closing or self.close
+        headers = {**self.headers, "Content-Length": str(len(self.body))}
+        if closing:
+            headers["Connection"] = "close"
+        return headers, closing
+
 
 @dataclass(frozen=True, slots=True)
 class Frame:

@@ -155,11 +155,7 @@ class _Connection(BaseHTTPRequestHandler):
 
     def _answer(self, reply: Reply, response: Response) -> None:
         """Headers and body in one send: no Nagle stall even without TCP_NODELAY."""
-        headers = {**response.headers, "Content-Length": str(len(response.body))}
-        if response.close:
-            self.close_connection = True
-        if self.close_connection:
-            headers["Connection"] = "close"
+        headers, self.close_connection = response.sent_headers(bool(self.close_connection))
         data = self._head(response.status, headers) + response.body
         reply.commit()
         self.wfile.write(data)
