@@ -119,8 +119,8 @@ class CallPool(Generic[T]):
         self._urgent_put = 0
         self._urgent_taken = 0
         self._resumed = 0  # the caller's thread: urgent batches resume() has reported
-        self._paused = False  # the loop's thread: an urgent outcome waits for the caller's decision
-        self._ended_urgent = False
+        self._seen = 0  # the loop's thread: the same count, once resume()'s hop has arrived
+        self._ended_urgent = False  # an urgent outcome among those not yet handed over
         self._on_close = on_close
         self._close_timeout = close_timeout
         self._released = 0  # written by the caller's thread only
@@ -228,11 +228,14 @@ class CallPool(Generic[T]):
         self._ready.extend(items)
         self._pump()
 
+    @property
+    def _paused(self) -> bool:
+        """An urgent outcome the caller has not acted on waits (handed over, or about to be)."""
+        return self._ended_urgent or self._seen < self._urgent_put
+
     def _unpause(self, seen: int) -> None:
-        # Not while an urgent outcome the caller has not seen waits (handed over, or about to be).
-        if seen >= self._urgent_put and not self._ended_urgent:
-            self._paused = False
-            self._pump()
+        self._seen = max(self._seen, seen)
+        self._pump()
 
     def _pump(self) -> None:
         """Start a slot for each ready item while one is free and the unsaved count allows."""
@@ -329,7 +332,7 @@ class CallPool(Generic[T]):
         if isinstance(completion, BaseException):
             return True
         if self._urgent is not None and self._urgent(completion):
-            self._paused = self._ended_urgent = True
+            self._ended_urgent = True
             return True
         return False
 

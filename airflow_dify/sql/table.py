@@ -197,7 +197,7 @@ class SqlTable:
             raise SqlTableError("read_columns: expected a sequence of column names, got a string")
         self.read_columns = list(dict.fromkeys(c for c in read_columns if c != self.id_column))
         self._q_read = [self._quote(c, f"read_columns[{i}]") for i, c in enumerate(self.read_columns)]
-        self.current_hash = self._reader.current_hash = current_hash
+        self._reader.current_hash = current_hash
 
     def _bind_outputs(self, outputs: Mapping[str, str | None]) -> None:
         taken = {c.lower() for _, c in self.columns.items()} | {self.id_column.lower(), *CLAIM_FIELDS}
@@ -213,6 +213,11 @@ class SqlTable:
         )
         self._store.names = self._store.names.with_outputs(columns)
         self._writer.outputs = {o.field: o for o in columns}
+
+    @property
+    def current_hash(self) -> Callable[[Mapping[str, Any]], str | None] | None:
+        """Row dict -> the input_hash it would be sent with now; for ``redo="changed"``."""
+        return self._reader.current_hash
 
     @property
     def skipped_unchanged(self) -> int:
