@@ -32,6 +32,17 @@ DEFAULT_COMMIT_ROWS = 64
 DEFAULT_COMMIT_SECONDS = 0.5
 
 
+def save_margin(concurrency: int, commit_rows: int) -> int:
+    """How close to the crash bound the unsaved count may come before a group is saved early.
+
+    At the bound every slot waits until the caller has committed and released rows, so a commit
+    that starts only there stalls every call for its hops and its fsync (scenario a, latency 50 ms,
+    concurrency 16: 0.956 of the bound with the stall, 0.966 without). Saving a quarter of a
+    group early (at most one wave of ``concurrency``) keeps the slots sending meanwhile.
+    """
+    return min(concurrency, commit_rows // 4)
+
+
 class GroupCommit:
     """Answered rows not yet saved; :meth:`flush` writes them in one ``sink`` call.
 
@@ -101,4 +112,4 @@ class GroupCommit:
         return len(saved) + len(held)
 
 
-__all__ = ["DEFAULT_COMMIT_ROWS", "DEFAULT_COMMIT_SECONDS", "GroupCommit"]
+__all__ = ["DEFAULT_COMMIT_ROWS", "DEFAULT_COMMIT_SECONDS", "GroupCommit", "save_margin"]

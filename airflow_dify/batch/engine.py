@@ -70,6 +70,9 @@ class CallPool(Generic[T]):
     :param ahead: items kept ready beyond the running ones (0: hand over only what may start).
     :param unsaved_limit: started calls not yet released, at most (default ``max_concurrency``:
         release each answer before the next call may start).
+    :param save_margin: room under ``unsaved_limit`` at which completions are handed over at once
+        and :attr:`saving_due` tells the caller to save what it holds: saving then lands before
+        the limit stops the slots (at the limit every slot waits for the caller's commit).
     :param hold: seconds completions may wait on the loop to be handed over together while the
         caller has nothing to do for them (ready items left, room under ``unsaved_limit``); 0:
         every pass of the loop. :meth:`wait` reports when the oldest of them ended.
@@ -90,6 +93,7 @@ class CallPool(Generic[T]):
         max_concurrency: int,
         ahead: int = 0,
         unsaved_limit: int | None = None,
+        save_margin: int = 0,
         hold: float = 0.0,
         stop: StopSignal | None = None,
         may_start: Callable[[T], bool] | None = None,
@@ -101,6 +105,8 @@ class CallPool(Generic[T]):
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.max_concurrency = max_concurrency
         self.unsaved_limit = max_concurrency if unsaved_limit is None else max(1, unsaved_limit)
+        #: Unsaved count from which completions are handed over at once (and saving is due).
+        self._save_from = max(1, self.unsaved_limit - max(0, save_margin))
         self.stop = stop or StopSignal()
         #: Handed over, outcome not yet taken by wait(); at most max_concurrency + ahead.
         self.outstanding = 0
@@ -166,6 +172,11 @@ class CallPool(Generic[T]):
     def _hand(self, taken: list[T]) -> None:
         self.outstanding += len(taken)
         self._loop.loop.call_soon_threadsafe(self._start, taken)
+
+    @property
+    def saving_due(self) -> bool:
+        """The unsaved count is within ``save_margin`` of its limit: save now, before slots wait."""
+        return self._started - self._released >= self._save_from
 
     @property
     def finished(self) -> bool:
@@ -320,7 +331,7 @@ class CallPool(Generic[T]):
             or len(self._ready) <= self._low_water  # the caller should hand more over
             or not self._running
             or len(self._ended) >= self.max_concurrency
-            or self._started - self._released >= self.unsaved_limit  # waits for the caller to save
+            or self._started - self._released >= self._save_from  # the caller should save soon
             or self.stop.stopped
         ):
             self._hand_over_soon()

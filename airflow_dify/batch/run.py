@@ -19,7 +19,7 @@ from airflow_dify.batch.async_twin import async_client_for, check_transport
 from airflow_dify.batch.breaker import CircuitBreaker
 from airflow_dify.batch.budget import BudgetGuard
 from airflow_dify.batch.calls import SupportsCall, make_row_caller
-from airflow_dify.batch.commits import GroupCommit
+from airflow_dify.batch.commits import GroupCommit, save_margin
 from airflow_dify.batch.engine import CallPool, StopSignal
 from airflow_dify.batch.errors import PreflightError
 from airflow_dify.batch.file_inputs import FileInputs
@@ -191,6 +191,7 @@ def drive(
         max_concurrency=options.concurrency,
         ahead=options.concurrency,
         unsaved_limit=summary.crash_bound,
+        save_margin=save_margin(options.concurrency, options.commit_rows),
         hold=options.commit_seconds / 4,
         stop=stop,
         may_start=may_start,
@@ -224,7 +225,7 @@ def drive(
             outcomes = calls.wait(timeout=commit.wait_limit(0.5))
             if outcomes:
                 take(outcomes)
-            if commit.due():
+            if commit.due() or (commit.pending and calls.saving_due):
                 calls.release(commit.flush())  # saved: room under the crash bound again
             source.heartbeat()
             progress.tick()

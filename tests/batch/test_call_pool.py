@@ -197,6 +197,50 @@ def test_held_completions_report_when_they_ended() -> None:
     assert sorted(started) == [1, 2, 3, 4, 5, 6]
 
 
+def test_near_the_unsaved_limit_completions_skip_the_hold_and_saving_is_due() -> None:
+    """At the limit every slot waits for the caller's commit: within ``save_margin`` of it, the
+    caller gets the completions at once and is told to save (same set-up as the test above, where
+    row 1 is held)."""
+    started: list[int] = []
+    gates = {i: threading.Event() for i in (2, 3, 4, 5)}
+    pool: CallPool[int] = CallPool(
+        _gated(started, gates), max_concurrency=4, ahead=4, unsaved_limit=10, save_margin=5, hold=5.0
+    )
+    pool.fill(iter(range(1, 9)))
+    t0 = time.monotonic()
+    got = pool.wait(timeout=10)
+    assert [o.row_id for o in got] == [1]
+    assert time.monotonic() - t0 < 2.0  # 5 started, 0 saved: within 5 of the limit of 10
+    assert pool.saving_due
+    pool.release(1)  # 4 unsaved: room enough again
+    assert not pool.saving_due
+    for gate in gates.values():
+        gate.set()
+    while pool.outstanding:
+        pool.release(len(pool.wait(timeout=10)))
+    pool.close()
+    assert sorted(started) == list(range(1, 9))
+
+
+def test_without_a_save_margin_saving_is_due_only_at_the_limit() -> None:
+    started: list[int] = []
+    gates = {i: threading.Event() for i in (2, 3, 4)}
+    pool: CallPool[int] = CallPool(_gated(started, gates), max_concurrency=3, ahead=2, unsaved_limit=4)
+    pool.fill(iter(range(1, 6)))
+    _until(lambda: len(started) == 4)  # row 1 ended, its slot went on to row 4 (2, 3, 4 gated)
+    assert pool.saving_due  # 4 started, none saved
+    got: list[RowOutcome] = []
+    _until(lambda: bool(got.extend(pool.wait(0.1))) or len(got) == 1)
+    pool.release(1)
+    assert not pool.saving_due
+    for gate in gates.values():
+        gate.set()
+    while pool.outstanding:
+        pool.release(len(pool.wait(timeout=10)))
+    pool.close()
+    assert sorted(started) == [1, 2, 3, 4, 5]
+
+
 def test_an_urgent_outcome_is_handed_over_without_the_hold() -> None:
     """A revoked key must reach the circuit breaker before more calls start: an outcome that
     ``urgent`` picks skips the hold that batches ordinary answers (same set-up as the test above,
