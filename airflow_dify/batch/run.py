@@ -19,6 +19,7 @@ from airflow_dify.batch.async_twin import async_client_for, check_transport
 from airflow_dify.batch.breaker import CircuitBreaker
 from airflow_dify.batch.budget import BudgetGuard
 from airflow_dify.batch.calls import SupportsCall, make_row_caller
+from airflow_dify.batch.collector import quiet_collector
 from airflow_dify.batch.commits import GroupCommit, save_margin
 from airflow_dify.batch.engine import CallPool, StopSignal
 from airflow_dify.batch.errors import PreflightError
@@ -135,16 +136,17 @@ def run_batch(
     may_start = budget.may_start if budget.active else None
     aclient, aclose = async_client_for(client, options.concurrency)
     call_row = make_row_caller(aclient, client, builder, **row_options)
-    summary = drive(
-        source,
-        sink,
-        budget.wrap(call_row) if budget.active else call_row,
-        options,
-        may_start=may_start,
-        stop=stop,
-        logger=logger,
-        on_close=aclose,
-    )
+    with quiet_collector():
+        summary = drive(
+            source,
+            sink,
+            budget.wrap(call_row) if budget.active else call_row,
+            options,
+            may_start=may_start,
+            stop=stop,
+            logger=logger,
+            on_close=aclose,
+        )
     if summary.stopped == "budget":
         summary.stopped_reason = budget.reason
     summary.skipped_claimed = source.skipped_claimed

@@ -9,6 +9,7 @@ fails only its row.
 
 from __future__ import annotations
 
+import gc
 import math
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from airflow_dify.batch.collector import YOUNG_THRESHOLD
 from airflow_dify.batch.commits import save_margin
 from airflow_dify.batch.engine import StopSignal
 from airflow_dify.batch.options import BatchOptions
@@ -313,3 +315,16 @@ def test_answers_running_when_a_page_read_fails_are_still_saved() -> None:
     assert client.started == 5  # 1-4, then 5 from the ready rows when 1 ended; 6-8 never started
     assert sorted(rows.saved) == [1, 2, 3, 4, 5]
     assert all(o.answer == f"a{i}" for i, o in rows.saved.items())
+
+
+def test_the_collector_is_quiet_while_calls_run_and_restored_after() -> None:
+    """run_batch freezes what was alive before it and collects the young less often, only while
+    it runs (see batch/collector.py)."""
+    before = gc.get_threshold()
+    during: list[tuple[int, int]] = []
+    client = ScriptedClient(lambda i: during.append((gc.get_threshold()[0], gc.get_freeze_count())))
+    rows = Rows(5, client)
+    run(rows, max_concurrency=2)
+    assert len(during) == 5
+    assert all(threshold == YOUNG_THRESHOLD and frozen > 0 for threshold, frozen in during)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
