@@ -8,6 +8,9 @@ from typing import Any
 
 from bench.config import PEER_SCENARIOS, BenchConfig
 
+#: (scenario, metric, value, target): the target's text is also its check (see :func:`met`).
+Row = tuple[str, str, Any, str]
+
 
 def _get(data: dict[str, Any], *path: str) -> Any:
     for key in path:
@@ -19,18 +22,16 @@ def _get(data: dict[str, Any], *path: str) -> Any:
 
 def targets(results: dict[str, Any], cfg: BenchConfig) -> list[dict[str, Any]]:
     """One line per target: value, target, met (None when the value is missing)."""
-    rows: list[tuple[str, str, Any, str, Callable[[Any], bool]]] = []
+    rows: list[Row] = []
     r = results
     if "server" in r:
         for kind in cfg.server_kinds:
-            check = (lambda x: x >= 3000) if kind == "asyncio" else (lambda x: True)
             rows.append(
                 (
                     "0 server",
                     f"FakeDify {kind}: req/s per server CPU s",
                     _get(r, "server", kind, "requests_per_server_cpu_second", "median"),
                     ">= 3000" if kind == "asyncio" else "-",
-                    check,
                 )
             )
             rows.append(
@@ -39,22 +40,13 @@ def targets(results: dict[str, Any], cfg: BenchConfig) -> list[dict[str, Any]]:
                     f"FakeDify {kind}: req/s (1 core)",
                     _get(r, "server", kind, "requests_per_second", "median"),
                     "-",
-                    lambda x: True,
                 )
             )
     if "peers" in r:
         rows += _peer_targets(r["peers"], cfg)
     if "bound" in r:
         for v in ("limited", "unlimited"):
-            rows.append(
-                (
-                    "1 bound",
-                    f"{v}: achieved/bound",
-                    _get(r, "bound", v, "bound_ratio"),
-                    ">= 0.97",
-                    lambda x: x >= 0.97,
-                )
-            )
+            rows.append(("1 bound", f"{v}: achieved/bound", _get(r, "bound", v, "bound_ratio"), ">= 0.97"))
         for v in ("limited", "unlimited"):
             rows.append(
                 (
@@ -62,7 +54,6 @@ def targets(results: dict[str, Any], cfg: BenchConfig) -> list[dict[str, Any]]:
                     f"{v}: throughput with claims / without",
                     _get(r, "bound", "claims_throughput_ratio", v),
                     ">= 0.95",
-                    lambda x: x >= 0.95,
                 )
             )
         rows.append(
@@ -71,7 +62,6 @@ def targets(results: dict[str, Any], cfg: BenchConfig) -> list[dict[str, Any]]:
                 "limited: 60 s windows over RPM",
                 _get(r, "bound", "limited", "server", "windows_over_60s"),
                 "0",
-                lambda x: x == 0,
             )
         )
         rows.append(
@@ -80,64 +70,35 @@ def targets(results: dict[str, Any], cfg: BenchConfig) -> list[dict[str, Any]]:
                 "limited: 1 s windows over RPM/60 (info)",
                 _get(r, "bound", "limited", "server", "windows_over_1s"),
                 "-",
-                lambda x: True,
             )
         )
     if "cost" in r:
-        rows.append(
-            ("2 cost", "client CPU us/row", _get(r, "cost", "cpu_us_per_row"), "<= 400", lambda x: x <= 400)
-        )
-        rows.append(("2 cost", "rows/s (latency 0)", _get(r, "cost", "rows_per_second"), "-", lambda x: True))
+        rows.append(("2 cost", "client CPU us/row", _get(r, "cost", "cpu_us_per_row"), "<= 400"))
+        rows.append(("2 cost", "rows/s (latency 0)", _get(r, "cost", "rows_per_second"), "-"))
     if "memory" in r:
         sizes = "/".join(f"{n:,}" for n in cfg.memory_rows)
-        rows.append(
-            (
-                "3 memory",
-                f"RSS diff MB ({sizes} rows)",
-                _get(r, "memory", "rss_diff_mb"),
-                "<= 50",
-                lambda x: x <= 50,
-            )
-        )
-        rows.append(
-            ("3 memory", "RSS ratio large/small", _get(r, "memory", "rss_ratio"), "-", lambda x: True)
-        )
+        rows.append(("3 memory", f"RSS diff MB ({sizes} rows)", _get(r, "memory", "rss_diff_mb"), "<= 50"))
+        rows.append(("3 memory", "RSS ratio large/small", _get(r, "memory", "rss_ratio"), "-"))
     if "baselines" in r:
         for key, label in (
             ("operator_vs_seed", "operator / seed loop"),
             ("operator_vs_task_per_row", "operator / task-per-row"),
             ("operator_in_task_vs_seed", "operator in-task / seed loop (info)"),
         ):
-            check = (lambda x: x >= 30) if "info" not in label else (lambda x: True)
             rows.append(
                 (
                     "4 baselines",
                     label,
                     _get(r, "baselines", "ratios", key),
                     ">= 30" if "info" not in label else "-",
-                    check,
                 )
             )
         for name in ("seed_loop", "task_per_row", "operator"):
-            rows.append(
-                (
-                    "4 baselines",
-                    f"{name} rows/s",
-                    _get(r, "baselines", name, "rows_per_second"),
-                    "-",
-                    lambda x: True,
-                )
-            )
+            rows.append(("4 baselines", f"{name} rows/s", _get(r, "baselines", name, "rows_per_second"), "-"))
     if "pool" in r:
         for b in cfg.pool_backends:
             rows.append(
-                (
-                    "5 pool",
-                    f"{b}: achieved/limit",
-                    _get(r, "pool", b, "achieved_over_limit"),
-                    ">= 0.95",
-                    lambda x: x >= 0.95,
-                )
+                ("5 pool", f"{b}: achieved/limit", _get(r, "pool", b, "achieved_over_limit"), ">= 0.95")
             )
             rows.append(
                 (
@@ -145,7 +106,6 @@ def targets(results: dict[str, Any], cfg: BenchConfig) -> list[dict[str, Any]]:
                     f"{b}: 60 s windows over RPM",
                     _get(r, "pool", b, "server", "windows_over_60s"),
                     "0",
-                    lambda x: x == 0,
                 )
             )
             rows.append(
@@ -154,24 +114,35 @@ def targets(results: dict[str, Any], cfg: BenchConfig) -> list[dict[str, Any]]:
                     f"{b}: worst 1 s (pace {cfg.pool_rpm / 60:g}/s)",
                     _get(r, "pool", b, "server", "worst_1s"),
                     "-",
-                    lambda x: True,
                 )
             )
-    out = []
-    for scenario, metric, value, target, check in rows:
-        met = (
-            None if value is None or isinstance(value, str) else bool(check(value)) if target != "-" else None
-        )
-        out.append({"scenario": scenario, "metric": metric, "value": value, "target": target, "met": met})
-    return out
+    return [
+        {"scenario": scenario, "metric": metric, "value": value, "target": target, "met": met(target, value)}
+        for scenario, metric, value, target in rows
+    ]
 
 
-def _peer_targets(
-    p: dict[str, Any], cfg: BenchConfig
-) -> list[tuple[str, str, Any, str, Callable[[Any], bool]]]:
+def met(target: str, value: Any) -> bool | None:
+    """Whether ``value`` meets ``target`` (``">= 0.97"``, ``"< 0.8"``, ``"0"``); None for ``"-"``
+    (a number shown beside the targets) or a value that is missing or not a number."""
+    if target == "-" or value is None or isinstance(value, str):
+        return None
+    op, _, bound = target.rpartition(" ")
+    return bool(_COMPARE[op](value, float(bound)))
+
+
+_COMPARE: dict[str, Callable[[Any, float], bool]] = {
+    ">=": lambda v, b: v >= b,
+    "<=": lambda v, b: v <= b,
+    "<": lambda v, b: v < b,
+    ">": lambda v, b: v > b,
+    "": lambda v, b: v == b,
+}
+
+
+def _peer_targets(p: dict[str, Any], cfg: BenchConfig) -> list[Row]:
     """Issue 17's done-when lines, and the peers' own numbers beside them (info)."""
-    rows: list[tuple[str, str, Any, str, Callable[[Any], bool]]] = []
-    info = lambda x: True  # noqa: E731 - a row without a target
+    rows: list[Row] = []
 
     def s(sc: str, client: str, key: str) -> Any:
         return _get(p, sc, "summary", client, key)
@@ -180,73 +151,36 @@ def _peer_targets(
         return _get(p, sc, "ratios", key)
 
     if "a" in p:
+        rows.append(("a 50ms/16", "project achieved/bound", s("a", "project", "bound_ratio"), ">= 0.97"))
         rows.append(
-            (
-                "a 50ms/16",
-                "project achieved/bound",
-                s("a", "project", "bound_ratio"),
-                ">= 0.97",
-                lambda x: x >= 0.97,
-            )
-        )
-        rows.append(
-            (
-                "a 50ms/16",
-                "project / cookbook rows/s",
-                q("a", "project_vs_cookbook_rows_per_second"),
-                ">= 1",
-                lambda x: x >= 1,
-            )
+            ("a 50ms/16", "project / cookbook rows/s", q("a", "project_vs_cookbook_rows_per_second"), ">= 1")
         )
         for peer in ("cookbook", "tuned", "floor"):
-            rows.append(("a 50ms/16", f"{peer} achieved/bound", s("a", peer, "bound_ratio"), "-", info))
+            rows.append(("a 50ms/16", f"{peer} achieved/bound", s("a", peer, "bound_ratio"), "-"))
         floor = q("a", "project_vs_floor_rows_per_second")
-        rows.append(("a 50ms/16", "project / transport floor rows/s", floor, "-", info))
+        rows.append(("a 50ms/16", "project / transport floor rows/s", floor, "-"))
     if "b" in p:
         rows.append(
-            (
-                "b 0ms/16",
-                "project / tuned CPU per row",
-                q("b", "project_vs_tuned_cpu_per_row"),
-                "<= 0.8",
-                lambda x: x <= 0.8,
-            )
+            ("b 0ms/16", "project / tuned CPU per row", q("b", "project_vs_tuned_cpu_per_row"), "<= 0.8")
         )
         for client in ("project", "tuned", "cookbook", "floor", "frame"):
-            rows.append(("b 0ms/16", f"{client} CPU us/row", s("b", client, "cpu_us_per_row"), "-", info))
+            rows.append(("b 0ms/16", f"{client} CPU us/row", s("b", client, "cpu_us_per_row"), "-"))
         floor = q("b", "floor_vs_tuned_cpu_per_row")
-        rows.append(("b 0ms/16", "transport floor / tuned CPU per row", floor, "-", info))
+        rows.append(("b 0ms/16", "transport floor / tuned CPU per row", floor, "-"))
         table = q("b", "project_vs_frame_cpu_per_row")
-        rows.append(("b 0ms/16", "project (SQL table) / frame (no table) CPU", table, "-", info))
+        rows.append(("b 0ms/16", "project (SQL table) / frame (no table) CPU", table, "-"))
     if "c" in p:
-        rows.append(
-            (
-                "c 2s/1024",
-                "project achieved/bound",
-                s("c", "project", "bound_ratio"),
-                ">= 0.95",
-                lambda x: x >= 0.95,
-            )
-        )
-        rows.append(
-            (
-                "c 2s/1024",
-                "project / tuned peak RSS",
-                q("c", "project_vs_tuned_peak_rss"),
-                "<= 1.1",
-                lambda x: x <= 1.1,
-            )
-        )
-        rows.append(("c 2s/1024", "project threads (peak)", s("c", "project", "threads_peak"), "-", info))
+        rows.append(("c 2s/1024", "project achieved/bound", s("c", "project", "bound_ratio"), ">= 0.95"))
+        rows.append(("c 2s/1024", "project / tuned peak RSS", q("c", "project_vs_tuned_peak_rss"), "<= 1.1"))
+        rows.append(("c 2s/1024", "project threads (peak)", s("c", "project", "threads_peak"), "-"))
         for peer in ("tuned", "cookbook"):
-            rows.append(("c 2s/1024", f"{peer} achieved/bound", s("c", peer, "bound_ratio"), "-", info))
+            rows.append(("c 2s/1024", f"{peer} achieved/bound", s("c", peer, "bound_ratio"), "-"))
             rows.append(
                 (
                     "c 2s/1024",
                     f"{peer} peak RSS MB / threads",
                     f"{s('c', peer, 'peak_rss_mb')} / {s('c', peer, 'threads_peak')}",
                     "-",
-                    info,
                 )
             )
     if "d" in p:
@@ -257,26 +191,13 @@ def _peer_targets(
                 "project worst 1 s window",
                 s("d", "project", "server_worst_1s"),
                 f"<= {per_second + 1:g}",
-                lambda x: x <= per_second + 1,
             )
         )
         rows.append(
-            (
-                "d RPM 6000",
-                "project 60 s windows over RPM",
-                s("d", "project", "windows_over_60s"),
-                "0",
-                lambda x: x == 0,
-            )
+            ("d RPM 6000", "project 60 s windows over RPM", s("d", "project", "windows_over_60s"), "0")
         )
         rows.append(
-            (
-                "d RPM 6000",
-                "project / tuned CPU per row",
-                q("d", "project_vs_tuned_cpu_per_row"),
-                "<= 1",
-                lambda x: x <= 1,
-            )
+            ("d RPM 6000", "project / tuned CPU per row", q("d", "project_vs_tuned_cpu_per_row"), "<= 1")
         )
         for peer in ("tuned", "cookbook"):
             rows.append(
@@ -285,16 +206,13 @@ def _peer_targets(
                     f"{peer} worst 1 s / 60 s windows over",
                     f"{s('d', peer, 'server_worst_1s')} / {s('d', peer, 'windows_over_60s')}",
                     "-",
-                    info,
                 )
             )
     for sc in cfg.peer_scenarios:
         share = max(
             (s(sc, c, "fake_share_of_one_core") or 0.0 for c in ("project", "tuned", "cookbook")), default=0.0
         )
-        rows.append(
-            (f"{sc} (fake)", "FakeDify CPU share of one core (max)", share, "< 0.8", lambda x: x < 0.8)
-        )
+        rows.append((f"{sc} (fake)", "FakeDify CPU share of one core (max)", share, "< 0.8"))
     return rows
 
 

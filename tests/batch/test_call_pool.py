@@ -139,6 +139,15 @@ def _until(condition: Any, seconds: float = 5.0) -> None:
         time.sleep(0.005)
 
 
+def _open_and_save_all(pool: CallPool[int], gates: dict[int, threading.Event]) -> None:
+    """Let every gated call end, save every answer as it comes, and close the pool."""
+    for gate in gates.values():
+        gate.set()
+    while pool.outstanding:
+        pool.release(len(pool.wait(timeout=10)))
+    pool.close()
+
+
 def test_ready_items_start_as_slots_free_without_the_caller() -> None:
     """With ``ahead``, the loop starts the next row the moment one ends: the caller, busy with a
     commit, never holds a slot idle."""
@@ -189,11 +198,7 @@ def test_held_completions_report_when_they_ended() -> None:
     assert [o.row_id for o in got] == [1]
     assert waited >= 0.25  # held: the caller had nothing to do for it yet
     assert pool.oldest_end is not None and pool.oldest_end <= t0 + 0.1  # it ended right away
-    for gate in gates.values():
-        gate.set()
-    while pool.outstanding:
-        pool.release(len(pool.wait(timeout=1)))
-    pool.close()
+    _open_and_save_all(pool, gates)
     assert sorted(started) == [1, 2, 3, 4, 5, 6]
 
 
@@ -214,11 +219,7 @@ def test_near_the_unsaved_limit_completions_skip_the_hold_and_saving_is_due() ->
     assert pool.saving_due
     pool.release(1)  # 4 unsaved: room enough again
     assert not pool.saving_due
-    for gate in gates.values():
-        gate.set()
-    while pool.outstanding:
-        pool.release(len(pool.wait(timeout=10)))
-    pool.close()
+    _open_and_save_all(pool, gates)
     assert sorted(started) == list(range(1, 9))
 
 
@@ -233,11 +234,7 @@ def test_without_a_save_margin_saving_is_due_only_at_the_limit() -> None:
     _until(lambda: bool(got.extend(pool.wait(0.1))) or len(got) == 1)
     pool.release(1)
     assert not pool.saving_due
-    for gate in gates.values():
-        gate.set()
-    while pool.outstanding:
-        pool.release(len(pool.wait(timeout=10)))
-    pool.close()
+    _open_and_save_all(pool, gates)
     assert sorted(started) == [1, 2, 3, 4, 5]
 
 
@@ -265,11 +262,7 @@ def test_an_urgent_outcome_is_handed_over_without_the_hold() -> None:
     assert sorted(started) == [1, 2]  # row 1's slot did not go on to row 3 behind the revoked key
     pool.resume()  # the breaker saw it and lets the run go on
     _until(lambda: 3 in started)
-    for gate in gates.values():
-        gate.set()
-    while pool.outstanding:
-        pool.release(len(pool.wait(timeout=10)))
-    pool.close()
+    _open_and_save_all(pool, gates)
     assert sorted(started) == [1, 2, 3, 4, 5, 6]
 
 
