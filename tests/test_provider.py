@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from importlib.metadata import distribution
@@ -91,6 +92,8 @@ def test_connections_add_keeps_dify_type(airflow_db) -> None:
 
 def test_api_server_hook_meta_serves_dify_form(airflow_db, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
+    # The unit-test config's generated secret is 22 bytes: PyJWT warns below 64 for HS512.
+    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_urlsafe(64))
     from airflow.api_fastapi.app import create_app
     from fastapi.testclient import TestClient
 
