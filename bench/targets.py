@@ -3,6 +3,7 @@ among them) and the table ``python -m bench`` prints."""
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -131,12 +132,11 @@ def met(target: str, value: Any) -> bool | None:
     return bool(_COMPARE[op](value, float(bound)))
 
 
-_COMPARE: dict[str, Callable[[Any, float], bool]] = {
-    ">=": lambda v, b: v >= b,
-    "<=": lambda v, b: v <= b,
-    "<": lambda v, b: v < b,
-    ">": lambda v, b: v > b,
-    "": lambda v, b: v == b,
+_COMPARE: dict[str, Callable[[Any, float], Any]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    "<": operator.lt,
+    "": operator.eq,
 }
 
 
